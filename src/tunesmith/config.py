@@ -1,0 +1,170 @@
+"""The typed configuration: the single source of defaults.
+
+A run is described by one YAML file whose keys mirror these classes; an unknown key is an error
+(a typo must not silently fall back to a default). Command lines override any field with a dotted
+path: `train.lr=1e-4 lora.r=32`. The resolved config is saved into the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunesmith.data.schema import DEFAULT_DROP
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name_or_path: str = "examples/text2sql/tiny-model"
+    """Hub id or local directory, exactly as transformers takes it."""
+    trust_remote_code: bool = False
+    """Off by default: running a repository's Python is the user's explicit decision."""
+    chat_template: str | None = None
+    """A Jinja chat template (or a path to one) that replaces the tokenizer's own."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """`auto`: bfloat16 where the hardware has it, else float32."""
+
+
+class DataConfig(Section):
+    path: str = "examples/text2sql/conversations.jsonl"
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt-completion", "csv"] = "auto"
+    max_seq_len: int = Field(1024, gt=0)
+    """Tokens per example after templating; longer ones are flagged (and dropped if the cut hits an answer)."""
+    train_on: Literal["all", "last"] = "all"
+    """Which assistant turns carry loss: every one, or only the final answer."""
+    near_dup_threshold: float = Field(0.85, gt=0, le=1)
+    """Estimated Jaccard similarity (word 3-grams) above which two rows are near duplicates."""
+    refusal_phrases: list[str] = Field(default_factory=list)
+    """Extra whole phrases that mark a refusal, on top of the built-in list."""
+    drop: list[str] = Field(default_factory=lambda: sorted(DEFAULT_DROP))
+    """Finding codes whose rows `data clean` removes."""
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """0 by default: dropout's random masks cost ~10% of a CPU step and small-data SFT rarely needs them."""
+    target_modules: str | list[str] = "all-linear"
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class TrainConfig(Section):
+    method: Literal["full", "lora", "qlora"] = "lora"
+    lr: float | None = None
+    """None: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning."""
+    epochs: float = Field(3.0, gt=0)
+    effective_batch: int = Field(16, gt=0)
+    """Examples per optimizer step, reached with gradient accumulation."""
+    micro_batch: int = Field(8, gt=0)
+    """Examples per forward pass; halved automatically on out-of-memory at start."""
+    max_tokens_per_batch: int | None = None
+    """Alternative to micro_batch for packing: cap on tokens per forward pass."""
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: float = Field(0.5, gt=0)
+    """Validate (and checkpoint) every this many epochs."""
+    early_stopping_patience: int = Field(2, ge=0)
+    """Stop after this many evaluations in a row with rising validation loss (0: never stop early)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Complete checkpoints kept besides the best one."""
+    on_nan: Literal["stop", "retry"] = "stop"
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+    resume: Literal["auto", "never"] = "auto"
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-5 if self.method == "full" else 2e-4
+
+
+class Config(Section):
+    name: str = "text2sql-demo"
+    runs_dir: str = "runs"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _drop_codes_exist(self) -> Config:
+        from tunesmith.data.schema import CODES
+
+        unknown = sorted(set(self.data.drop) - set(CODES))
+        if unknown:
+            raise ValueError(f"data.drop: unknown finding codes {unknown}; known: {sorted(CODES)}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+class ConfigError(Exception):
+    """A config file or override is wrong; the message says where and how to fix it."""
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars give the natural types for `1e-4`, `true`, `[a, b]`, `null`.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` strings to a nested dict (in place; also returned)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[leaf] = _parse_value(value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply dotted overrides, validate."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...)")
+    apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{where}: invalid config"]
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def dump_config(config: Config) -> str:
+    """The config as YAML, every default spelled out, secrets never included (we hold none)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
