@@ -24,3 +24,11 @@ def fixture_tokenizer_dir(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"fixture tokenizer {name} not found at {path}")
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Two cores and two xdist workers: one torch thread per worker, or the threads fight over the
+    # cores and tiny models run 20x slower.
+    import torch
+
+    torch.set_num_threads(1)
