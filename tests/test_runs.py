@@ -24,3 +24,12 @@ def test_atomic_open_creates_parents(tmp_path: Path):
     with atomic_open(tmp_path / "a" / "b.txt") as f:
         f.write("x")
     assert (tmp_path / "a" / "b.txt").read_text() == "x"
+
+
+def test_atomic_files_get_normal_permissions(tmp_path: Path):
+    import os
+
+    write_jsonl(tmp_path / "x.jsonl", [])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
