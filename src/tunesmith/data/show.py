@@ -8,12 +8,13 @@ highlighted on a colour terminal, «between guillemets» anywhere else, e.g. pip
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
-from tunesmith.data.schema import Conversation
+from tunesmith.data.schema import Conversation, DataError
 from tunesmith.data.template import IGNORE_INDEX, TrainOn, encode_rendered, render, tokenize
 
 OPEN, CLOSE = "«", "»"
@@ -103,3 +104,17 @@ def print_token_view(views: list[TokenView], tokenizer: Any, console: Console | 
             body.append(v.text, style=_TRAINED_STYLE if v.trained else _CONTEXT_STYLE)
     console.print(body, soft_wrap=True)
     console.print(Text(summary(views, tokenizer)), soft_wrap=True)
+
+
+def conversation_at(path: str | Path, index: int, fmt: str = "auto") -> Conversation:
+    """The `index`-th row (0-based) of a file as a conversation; DataError if it has none."""
+    from tunesmith.data.validate import read_rows
+
+    _, rows = read_rows(path, fmt)
+    if not 0 <= index < len(rows):
+        raise DataError(path, f"--index {index} is out of range: the file has {len(rows)} rows (0 to {len(rows) - 1})")
+    row = rows[index]
+    if row.conversation is None:
+        problems = "; ".join(f"{f.code}: {f.message}" for f in row.findings)
+        raise DataError(path, f"row {index} cannot be shown: {problems}", row=row.source.row)
+    return row.conversation

@@ -1,0 +1,120 @@
+"""`tunesmith data ...`: convert, check, clean and show example files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from tunesmith.cli.errors import EXIT_BLOCKING, EXIT_OK, friendly_errors
+from tunesmith.config import DataConfig, load_config
+
+app = typer.Typer(no_args_is_help=True, help="Read, check, clean and inspect example files.")
+console = Console()
+
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="auto|messages|alpaca|sharegpt|prompt-completion|csv")]
+TokenizerOpt = Annotated[Optional[str], typer.Option("--tokenizer", "-t", help="Hub id or directory of the model's tokenizer.")]
+MaxLenOpt = Annotated[Optional[int], typer.Option("--max-seq-len", help="Tokens per example (default: the config's data.max_seq_len).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config whose data section to use.")]
+
+
+def _data_config(config: Optional[Path], max_seq_len: Optional[int]) -> DataConfig:
+    data = load_config(config).data
+    if max_seq_len is not None:
+        data.max_seq_len = max_seq_len
+    return data
+
+
+def _tokenizer(name: Optional[str]):
+    if name is None:
+        return None
+    from tunesmith.data.template import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+@app.command("convert")
+def convert_command(
+    input: Path,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Messages JSONL to write.")],
+    format: FormatOpt = "auto",
+) -> None:
+    """Convert Alpaca, ShareGPT, prompt/completion, CSV or Parquet to OpenAI messages JSONL."""
+    from tunesmith.data.formats import convert_file
+
+    with friendly_errors():
+        result = convert_file(input, output, fmt=format)
+    console.print(result.summary())
+    raise typer.Exit(EXIT_OK if not result.failed else EXIT_BLOCKING)
+
+
+@app.command("check")
+def check_command(
+    input: Path,
+    tokenizer: TokenizerOpt = None,
+    max_seq_len: MaxLenOpt = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report here.")] = None,
+    format: FormatOpt = "auto",
+    config: ConfigOpt = None,
+) -> None:
+    """Report what is wrong with a file of examples, and where. Exit 1 if something blocks training."""
+    from tunesmith.data.check import check_file
+    from tunesmith.data.report import print_report, write_report_json
+
+    with friendly_errors():
+        data_config = _data_config(config, max_seq_len)
+        result = check_file(input, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, plot_dir=report.parent if report else None)
+    print_report(result, console)
+    if report is not None:
+        write_report_json(result, report)
+        console.print(f"JSON report: {report}")
+    raise typer.Exit(EXIT_BLOCKING if result.blocking else EXIT_OK)
+
+
+@app.command("clean")
+def clean_command(
+    input: Path,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Clean messages JSONL to write.")],
+    rejects: Annotated[Path, typer.Option("--rejects", help="Rejected rows with their line and reasons.")],
+    drop: Annotated[Optional[str], typer.Option("--drop", help="Comma-separated finding codes to remove (default: the config's data.drop).")] = None,
+    tokenizer: TokenizerOpt = None,
+    max_seq_len: MaxLenOpt = None,
+    format: FormatOpt = "auto",
+    config: ConfigOpt = None,
+) -> None:
+    """Split a file into clean rows and rejects; every input row ends in exactly one of them."""
+    from tunesmith.data.clean import clean_file
+
+    with friendly_errors():
+        data_config = _data_config(config, max_seq_len)
+        if drop is not None:
+            data_config.drop = [c.strip() for c in drop.split(",") if c.strip()]
+            load_config(overrides=[f"data.drop={json.dumps(data_config.drop)}"])  # validates the codes
+        result = clean_file(input, output, rejects, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format)
+    console.print(result.summary())
+
+
+@app.command("show")
+def show_command(
+    input: Path,
+    tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Hub id or directory of the model's tokenizer.")],
+    index: Annotated[int, typer.Option("--index", "-i", help="0-based index of the example among readable rows.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print tokens as JSON.")] = False,
+    train_on: Annotated[str, typer.Option("--train-on", help="all|last assistant turns carry loss.")] = "all",
+    format: FormatOpt = "auto",
+) -> None:
+    """Show one example exactly as the model is trained on it: trained tokens highlighted."""
+    from tunesmith.data.show import conversation_at, print_token_view, to_json, token_view
+
+    with friendly_errors():
+        conversation = conversation_at(input, index, format)
+        tok = _tokenizer(tokenizer)
+        views = token_view(conversation, tok, train_on=train_on)
+    if as_json:
+        typer.echo(json.dumps(to_json(views), ensure_ascii=False))
+    else:
+        console.print(f"{conversation.source}", highlight=False)
+        print_token_view(views, tok, console)
