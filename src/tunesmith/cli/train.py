@@ -20,10 +20,9 @@ def train_command(
     """Fine-tune a model on a file of examples; leaves a run directory with curves, checkpoints and the best model."""
     from tunesmith.train.recipe import TrainingStopped, train
 
-    with friendly_errors():
-        cfg = load_config(config, overrides or [])
     try:
-        train(cfg, resume=resume, merge=merge)
+        with friendly_errors():
+            train(load_config(config, overrides or []), resume=resume, merge=merge)
     except TrainingStopped as e:
         typer.echo(f"training stopped: {e}", err=True)
         raise typer.Exit(EXIT_BLOCKING) from None

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from tunesmith.train import loss as loss_module
+from tunesmith.train.batching import IGNORE_INDEX, collate
+from tunesmith.train.loss import trained_token_loss
+
+VOCAB, PAD = 512, 0
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=False)  # fmt: skip
+    return LlamaForCausalLM(cfg).float().train()
+
+
+def examples(n: int, seed: int = 0) -> list[dict[str, list[int]]]:
+    """Prompt tokens (untrained) followed by an answer (trained), varied lengths and answer sizes."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        prompt, answer = int(torch.randint(2, 12, (1,), generator=g)), int(torch.randint(1, 10, (1,), generator=g))
+        ids = torch.randint(1, VOCAB, (prompt + answer,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+    return out
+
+
+def by_hand(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The textbook computation: full logits, log-softmax, shift, pick trained positions, mean."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    return -logp[keep].gather(-1, targets[keep][:, None]).mean()
+
+
+def n_trained(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def test_equals_hand_computation() -> None:
+    model = tiny_llama()
+    batch = collate(examples(6), PAD)
+    loss, n = trained_token_loss(model, batch, normalizer=n_trained(batch))
+    assert n == n_trained(batch) > 0
+    assert torch.allclose(loss, by_hand(model, batch), atol=1e-5, rtol=0)
+
+
+def test_accumulation_equals_one_big_batch() -> None:
+    data = examples(12, seed=1)
+    micro = [data[0:1], data[1:5], data[5:7], data[7:12]]  # uneven trained-token counts
+    counts = [n_trained(collate(m, PAD)) for m in micro]
+    assert len(set(counts)) == 4
+
+    big_model = tiny_llama()
+    big_batch = collate(data, PAD)
+    big_loss, _ = trained_token_loss(big_model, big_batch, normalizer=n_trained(big_batch))
+    big_loss.backward()
+
+    model = tiny_llama()
+    total = torch.zeros(())
+    for m in micro:
+        loss, _ = trained_token_loss(model, collate(m, PAD), normalizer=sum(counts))
+        loss.backward()
+        total += loss.detach()
+
+    assert torch.allclose(total, big_loss.detach(), atol=1e-6, rtol=0)
+    for (name, p), q in zip(model.named_parameters(), big_model.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-7, rtol=1e-5), name
+
+
+def test_pads_and_untrained_tails_contribute_nothing() -> None:
+    model = tiny_llama()
+    data = examples(4, seed=2)
+    base = collate(data, PAD)
+    loss, _ = trained_token_loss(model, base, normalizer=10)
+
+    repadded = collate(data, pad_id=7)  # pad id is not a signal: positions are
+    assert not torch.equal(repadded["input_ids"], base["input_ids"])
+    assert torch.allclose(trained_token_loss(model, repadded, normalizer=10)[0], loss, atol=1e-6, rtol=0)
+
+    # Untrained tokens after the last trained one are context for nothing the loss sees.
+    tail = [{"input_ids": e["input_ids"] + [5, 6, 7], "labels": e["labels"] + [IGNORE_INDEX] * 3} for e in data]
+    tail_changed = [{"input_ids": e["input_ids"] + [9, 9, 9], "labels": e["labels"] + [IGNORE_INDEX] * 3} for e in data]
+    with torch.no_grad():
+        a, _ = trained_token_loss(model, collate(tail, PAD), normalizer=10)
+        b, _ = trained_token_loss(model, collate(tail_changed, PAD), normalizer=10)
+    assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    assert torch.allclose(a, loss.detach(), atol=1e-6, rtol=0)
+
+
+def test_padded_rows_equal_each_example_alone() -> None:
+    model = tiny_llama()
+    data = examples(3, seed=3)
+    together, _ = trained_token_loss(model, collate(data, PAD), normalizer=1)
+    alone = sum(trained_token_loss(model, collate([e], PAD), normalizer=1)[0] for e in data)
+    assert torch.allclose(together, alone, atol=0, rtol=1e-6)  # sums of ~100: relative tolerance
+
+
+def test_chunked_head_gives_the_same_loss_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = collate(examples(8, seed=4), PAD)
+    whole_model, chunked_model = tiny_llama(), tiny_llama()
+    whole, _ = trained_token_loss(whole_model, batch, normalizer=n_trained(batch))
+    whole.backward()
+    monkeypatch.setattr(loss_module, "MAX_LOGITS_PER_CHUNK", 5 * VOCAB)  # 5 rows per chunk
+    chunked, _ = trained_token_loss(chunked_model, batch, normalizer=n_trained(batch))
+    chunked.backward()
+    assert torch.allclose(whole, chunked, atol=1e-6, rtol=0)
+    for p, q in zip(whole_model.parameters(), chunked_model.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_softcapped_head_matches_the_model_own_loss() -> None:
+    torch.manual_seed(0)
+    cfg = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, vocab_size=VOCAB, final_logit_softcapping=3.0)  # fmt: skip
+    model = Gemma2ForCausalLM(cfg).float().train()
+    with torch.no_grad():  # random init gives logits near 0, where tanh is the identity: make the cap bite
+        model.lm_head.weight.mul_(30)
+    batch = collate(examples(4, seed=5), PAD)
+    ours, _ = trained_token_loss(model, batch, normalizer=n_trained(batch))
+    theirs = model(**batch).loss  # transformers' own forward, softcap included, mean over trained tokens
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+    # and the cap matters at this scale: without it the loss differs
+    model.config.final_logit_softcapping = None
+    assert not torch.allclose(trained_token_loss(model, batch, normalizer=n_trained(batch))[0], ours, atol=0.1)
+
+
+def test_unknown_head_falls_back_to_the_model_forward_with_the_same_normalisation() -> None:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).train()
+    batch = collate(examples(5, seed=6), PAD)
+    ours, n = trained_token_loss(model, batch, normalizer=2 * n_trained(batch))
+    assert n == n_trained(batch)
+    assert torch.allclose(ours, by_hand(model, batch) / 2, atol=1e-5, rtol=0)
+
+
+def test_micro_batch_without_trained_tokens_adds_zero() -> None:
+    model = tiny_llama()
+    batch = collate([{"input_ids": [3, 4, 5], "labels": [IGNORE_INDEX] * 3}], PAD)
+    loss, n = trained_token_loss(model, batch, normalizer=4)
+    loss.backward()  # the loop may backward every micro-batch; this one must not fail
+    assert n == 0 and float(loss) == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def test_normalizer_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="normalizer"):
+        trained_token_loss(tiny_llama(), collate(examples(1), PAD), normalizer=0)
+
+
+
+def test_works_through_a_lora_wrapper_and_reaches_the_adapters() -> None:
+    from tunesmith.config import LoraConfig, TrainConfig
+    from tunesmith.models.adapters import wrap_model
+
+    model = wrap_model(tiny_llama(), TrainConfig(method="lora"), LoraConfig(r=4))
+    with torch.no_grad():  # B starts at zero; give the adapters a say so the test can see them
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    batch = collate(examples(5, seed=8), PAD)
+    loss, _ = trained_token_loss(model, batch, normalizer=n_trained(batch))
+    assert torch.allclose(loss, model(**batch).loss, atol=1e-5, rtol=0)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
