@@ -66,7 +66,7 @@ def check_command(
 
     with friendly_errors():
         data_config = _data_config(config, max_seq_len)
-        result = check_file(input, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, plot_dir=report.parent if report else None)
+        result = check_file(input, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, plot_dir=report.parent if report else None, progress=True)
     print_report(result, console)
     if report is not None:
         write_report_json(result, report)
@@ -93,7 +93,7 @@ def clean_command(
         if drop is not None:
             data_config.drop = [c.strip() for c in drop.split(",") if c.strip()]
             load_config(overrides=[f"data.drop={json.dumps(data_config.drop)}"])  # validates the codes
-        result = clean_file(input, output, rejects, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format)
+        result = clean_file(input, output, rejects, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, progress=True)
     console.print(result.summary())
 
 
