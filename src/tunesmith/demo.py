@@ -28,7 +28,7 @@ def ensure_example(config: Config, console: Console) -> None:
     model_dir = Path(config.model.name_or_path)
     if not (model_dir / "config.json").exists():
         console.print(f"building a tiny Llama with a tokenizer trained on the example data → {model_dir}")
-        build_tiny_model(model_dir, arch="llama", preset="small", texts=texts_from_jsonl(config.data.path))
+        build_tiny_model(model_dir, arch="llama", preset="tiny", texts=texts_from_jsonl(config.data.path))
 
 
 def run_demo(*, train: bool = True, console: Console | None = None) -> Config:
@@ -55,7 +55,7 @@ def run_demo(*, train: bool = True, console: Console | None = None) -> Config:
     if train:
         from tunesmith.train.recipe import train as run_training
 
-        console.print(Rule("3. train: LoRA on the clean examples"))
+        console.print(Rule("3. train: fine-tune the tiny model on the clean examples"))
         config.data.path = str(data_dir / "clean.jsonl")
         run_training(config)
     return config
