@@ -244,6 +244,14 @@ def test_a_finished_run_is_not_silently_overwritten(inputs: Path):
         train(config, resume=False)
 
 
+def test_resuming_on_changed_data_is_refused(inputs: Path, tmp_path: Path):
+    other = write_data(tmp_path / "other.jsonl", seed=1)
+    config = run_config(inputs, "data-changed", "train.epochs=0.5")
+    train(config)
+    with pytest.raises(ConfigError, match="changed since"):
+        train(run_config(inputs, "data-changed", "train.epochs=1", f"data.path={other}"), resume=True)
+
+
 def test_qlora_trains_4bit_base_and_merges_into_an_unquantised_model(tmp_path: Path):
     pytest.importorskip("bitsandbytes")
     from tunesmith.models.tiny import build_tiny_model, texts_from_jsonl

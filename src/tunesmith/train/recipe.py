@@ -234,8 +234,17 @@ def _write_run_files(config: Config, resume_from: Path | None, rows: int, consol
         old, new = yaml.safe_load(path.read_text(encoding="utf-8")), yaml.safe_load(text)
         changed = [f"{s}.{k}" for s in new if isinstance(new[s], dict) for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
         console.print(f"[yellow]resuming with a changed config: {', '.join(changed) or 'top-level keys'}[/]")
+    manifest = _manifest(config, resume_from, rows)
+    previous = config.run_dir / MANIFEST_FILE
+    if resume_from is not None and previous.is_file():
+        # The checkpoint's data position indexes the old examples: resuming on other data would
+        # silently skip or repeat rows.
+        old_sha = json.loads(previous.read_text(encoding="utf-8")).get("data", {}).get("sha256")
+        if old_sha not in (None, manifest["data"]["sha256"]):
+            raise ConfigError(f"{config.data.path} changed since {config.run_dir} started (sha256 {old_sha[:12]}… → "
+                              f"{manifest['data']['sha256'][:12]}…); start a new run (name=...) to train on the new data")  # fmt: skip
     write_text(path, text)
-    write_json(config.run_dir / MANIFEST_FILE, _manifest(config, resume_from, rows))
+    write_json(previous, manifest)
 
 
 def _manifest(config: Config, resume_from: Path | None, rows: int) -> dict[str, Any]:
