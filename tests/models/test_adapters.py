@@ -124,3 +124,34 @@ def test_bitsandbytes_without_a_backend_is_a_config_error(monkeypatch: pytest.Mo
     monkeypatch.setattr(transformers.integrations, "validate_bnb_backend_availability", lambda raise_exception: False)
     with pytest.raises(ConfigError, match="no backend.*train.method=lora"):
         adapters.check_method_available("qlora")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+def test_qlora_gradients_match_the_dequantized_model(tiny_dir: Path) -> None:
+    # bitsandbytes' CPU 4-bit matmul has no registered autograd kernel (PyTorch warns it "may be
+    # silently incorrect"): check the adapters' gradients against plain LoRA on the same weights.
+    import bitsandbytes as bnb
+
+    qlora = prepare_model(config(tiny_dir, "qlora", r=4))
+    reference = LlamaForCausalLM.from_pretrained(tiny_dir)
+    dequantized = {
+        name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight":
+            bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
+        for name, m in qlora.named_modules() if isinstance(m, bnb.nn.Linear4bit)
+    }  # fmt: skip
+    assert not reference.load_state_dict(dequantized, strict=False).unexpected_keys
+    reference = wrap_model(reference, TrainConfig(method="lora"), LoraConfig(r=4))
+    ref_params = dict(reference.named_parameters())
+    with torch.no_grad():
+        for name, p in qlora.named_parameters():
+            if "lora_B" in name:  # B starts at zero, which would hide most of the path
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+            if "lora_" in name:
+                ref_params[name].copy_(p)
+    ids = torch.randint(1, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    qlora(input_ids=ids, labels=ids).loss.backward()
+    reference(input_ids=ids, labels=ids).loss.backward()
+    for name, p in qlora.named_parameters():
+        if p.requires_grad:
+            expected = ref_params[name].grad
+            assert (p.grad - expected).abs().max() <= 0.05 * expected.abs().max(), name

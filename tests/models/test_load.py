@@ -68,7 +68,11 @@ def test_trust_remote_code_is_off_unless_asked(tmp_path: Path, model_dir: Path, 
     marker = tmp_path / "code_ran"
     (repo / "custom_llama.py").write_text(
         f"open({str(marker)!r}, 'w').close()\n"
-        "from transformers import LlamaConfig as CustomConfig, LlamaForCausalLM as CustomModel\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        # Subclasses: loading remote code marks its classes for auto-class saving, which must not
+        # leak into the real LlamaForCausalLM used by every other test in this process.
+        "class CustomConfig(LlamaConfig): pass\n"
+        "class CustomModel(LlamaForCausalLM): config_class = CustomConfig\n"
     )
     config = json.loads((repo / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "custom_llama.CustomConfig", "AutoModelForCausalLM": "custom_llama.CustomModel"}

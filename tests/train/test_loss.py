@@ -50,6 +50,17 @@ def test_equals_hand_computation() -> None:
     assert torch.allclose(loss, by_hand(model, batch), atol=1e-5, rtol=0)
 
 
+def test_a_mask_that_is_not_right_padding_is_respected() -> None:
+    # Right padding lets the loss drop the mask (causality hides the pads); left padding must not.
+    model = tiny_llama()
+    right = collate(examples(3, seed=9), PAD)
+    pads = (right["attention_mask"] == 0).sum(dim=1)
+    left = {k: torch.stack([row.roll(int(n), 0) for row, n in zip(v, pads)]) for k, v in right.items()}
+    assert left["attention_mask"][:, -1].all() and not left["attention_mask"][:, 0].all()
+    loss, _ = trained_token_loss(model, left, normalizer=n_trained(left))
+    assert torch.allclose(loss, by_hand(model, left), atol=1e-5, rtol=0)
+
+
 def test_accumulation_equals_one_big_batch() -> None:
     data = examples(12, seed=1)
     micro = [data[0:1], data[1:5], data[5:7], data[7:12]]  # uneven trained-token counts
