@@ -203,6 +203,8 @@ def plot_lengths(lengths: Lengths, max_seq_len: int, path: str | Path, title: st
         ax.hist(t, bins=bins, color="#4C72B0")
         if log:
             ax.set_xscale("log")
+        if len(t) and (t > max_seq_len).any():
+            ax.set_yscale("symlog", linthresh=1)  # a handful of over-long rows stays visible beside thousands
         ax.axvline(max_seq_len, color="#C44E52", linestyle="--", label=f"max_seq_len = {max_seq_len}")
         over = int((t > max_seq_len).sum())
         ax.set_xlabel("tokens per example (after the chat template)")
