@@ -155,3 +155,20 @@ def test_qlora_gradients_match_the_dequantized_model(tiny_dir: Path) -> None:
         if p.requires_grad:
             expected = ref_params[name].grad
             assert (p.grad - expected).abs().max() <= 0.05 * expected.abs().max(), name
+
+
+def test_stop_token_rows_train_with_lora_and_only_those_rows(tiny_dir: Path) -> None:
+    """The end-of-turn token's embedding row trains (LoraConfig.train_stop_tokens); no other row moves."""
+    model = prepare_model(config(tiny_dir, "lora", r=4), stop_token_ids=[5])
+    embed = model.get_input_embeddings()
+    rows = torch.arange(VOCAB)
+    with torch.no_grad():
+        before = embed(rows).clone()
+    assert any("trainable_tokens" in n for n, p in model.named_parameters() if p.requires_grad)
+    train_steps(model)
+    with torch.no_grad():
+        moved = (embed(rows) - before).abs().sum(-1) > 0
+    assert moved.nonzero().flatten().tolist() == [5]
+
+    off = prepare_model(config(tiny_dir, "lora", r=4, train_stop_tokens=False), stop_token_ids=[5])
+    assert not any("trainable_tokens" in n for n, p in off.named_parameters() if p.requires_grad)

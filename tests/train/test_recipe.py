@@ -106,7 +106,9 @@ def test_lora_run_directory_holds_the_best_adapter_and_the_evidence(inputs: Path
     best_weights = ckpt.load_checkpoint(ckpt.step_path(run_dir, result.best_step)).weights
     final = run_dir / FINAL_DIR
     exported = load_file(final / "adapter_model.safetensors")
-    assert len(exported) == len(best_weights) and all("lora_" in n for n in best_weights)
+    # Adapters, plus the embedding rows of the stop token (<|im_end|>) that LoRA trains too.
+    assert len(exported) == len(best_weights) and all(("lora_" in n) != ("trainable_tokens" in n) for n in best_weights)
+    assert sum("trainable_tokens" in n for n in best_weights) == 1
     for name, tensor in best_weights.items():  # peft drops the adapter name when it saves
         assert torch.equal(exported[name.replace(".default", "")], tensor), name
     assert all(t.abs().sum() > 0 for n, t in exported.items() if "lora_B" in n)  # B starts at zero: every one trained
@@ -266,5 +268,6 @@ def test_qlora_trains_4bit_base_and_merges_into_an_unquantised_model(tmp_path: P
     result = train(config, merge=True)
     assert result.stop_reason == "completed" and result.steps == 6
     weights = ckpt.load_checkpoint(ckpt.latest_complete(config.run_dir)).weights
-    assert weights and all("lora_" in n for n in weights)  # the 4-bit base is never checkpointed
+    # The 4-bit base is never checkpointed: adapters and the stop token's embedding rows only.
+    assert weights and all("lora_" in n or "trainable_tokens" in n for n in weights)
     assert_merged_matches_adapter(model, result.final_dir)

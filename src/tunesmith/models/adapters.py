@@ -11,6 +11,7 @@ default): it trades ~30% more compute for activation memory, a choice for the me
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -48,8 +49,9 @@ def check_method_available(method: str) -> None:
         )
 
 
-def prepare_model(config: Config) -> Any:
-    """Load `config.model` and make it trainable as `config.train.method` says."""
+def prepare_model(config: Config, *, stop_token_ids: Sequence[int] = ()) -> Any:
+    """Load `config.model` and make it trainable as `config.train.method` says.
+    `stop_token_ids`: the tokens that end answers in the training data (see wrap_model)."""
     check_method_available(config.train.method)
     model = load_model(
         config.model.name_or_path,
@@ -57,12 +59,14 @@ def prepare_model(config: Config) -> Any:
         trust_remote_code=config.model.trust_remote_code,
         quantization="4bit" if config.train.method == "qlora" else None,
     )
-    return wrap_model(model, config.train, config.lora)
+    return wrap_model(model, config.train, config.lora, stop_token_ids=stop_token_ids)
 
 
-def wrap_model(model: Any, train: TrainConfig, lora: LoraConfig) -> Any:
-    """Full: every parameter trains. LoRA/QLoRA: a peft model where only the adapters train.
-    For QLoRA `model` must already be loaded in 4-bit (`load_model(..., quantization="4bit")`)."""
+def wrap_model(model: Any, train: TrainConfig, lora: LoraConfig, *, stop_token_ids: Sequence[int] = ()) -> Any:
+    """Full: every parameter trains. LoRA/QLoRA: a peft model where only the adapters train, plus
+    (with `lora.train_stop_tokens`) the embedding rows of `stop_token_ids`, through peft's
+    trainable tokens (the tied output head follows). For QLoRA `model` must already be loaded in
+    4-bit (`load_model(..., quantization="4bit")`)."""
     if train.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -81,6 +85,7 @@ def wrap_model(model: Any, train: TrainConfig, lora: LoraConfig) -> Any:
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
         bias="none",
+        trainable_token_indices=sorted(set(stop_token_ids)) if lora.train_stop_tokens and stop_token_ids else None,
     )
     return get_peft_model(model, peft_config)
 

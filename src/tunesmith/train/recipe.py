@@ -320,12 +320,21 @@ def _trained(example: Any) -> int:
     return sum(1 for t in example.labels[1:] if t != IGNORE_INDEX)
 
 
+def _stop_token_ids(session: _Session) -> list[int]:
+    """The tokens that end answers in the training data (the template's end-of-turn, or the EOS
+    tunesmith appends): LoRA trains their embedding rows too (LoraConfig.train_stop_tokens)."""
+    ids = {t for ex in session.train_set for t in ex.terminators if t is not None}
+    if any(ex.eos_appended for ex in session.train_set):
+        ids.add(session.tokenizer.eos_token_id)
+    return sorted(ids)
+
+
 def _prepare(session: _Session, resume_from: Path | None, lr_scale: float | None) -> _Attempt:
     """Model (+ checkpoint weights), optimizer, schedule and layout, ready for step state.step + 1."""
     from tunesmith.models.adapters import prepare_model
 
     config, accelerator, cfg = session.config, session.accelerator, session.config.train
-    model = prepare_model(config)
+    model = prepare_model(config, stop_token_ids=_stop_token_ids(session))
     loaded = ckpt.load_checkpoint(resume_from, rank=accelerator.process_index) if resume_from else None
     if loaded:
         ckpt.apply_weights(model, loaded.weights)  # before prepare(): sharding backends then shard the right weights
