@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tunesmith.data.schema import DEFAULT_DROP
+from tunesmith.data.schema import CODES, DEFAULT_DROP
 
 
 class Section(BaseModel):
@@ -44,6 +44,14 @@ class DataConfig(Section):
     """Extra whole phrases that mark a refusal, on top of the built-in list."""
     drop: list[str] = Field(default_factory=lambda: sorted(DEFAULT_DROP))
     """Finding codes whose rows `data clean` removes."""
+
+    @field_validator("drop")
+    @classmethod
+    def _drop_codes_exist(cls, drop: list[str]) -> list[str]:
+        unknown = sorted(set(drop) - set(CODES))
+        if unknown:
+            raise ValueError(f"unknown finding codes {unknown}; known: {sorted(CODES)}")
+        return drop
 
 
 class LoraConfig(Section):
@@ -101,15 +109,6 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-
-    @model_validator(mode="after")
-    def _drop_codes_exist(self) -> Config:
-        from tunesmith.data.schema import CODES
-
-        unknown = sorted(set(self.data.drop) - set(CODES))
-        if unknown:
-            raise ValueError(f"data.drop: unknown finding codes {unknown}; known: {sorted(CODES)}")
-        return self
 
     @property
     def run_dir(self) -> Path:

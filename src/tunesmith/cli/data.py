@@ -91,8 +91,7 @@ def clean_command(
     with friendly_errors():
         data_config = _data_config(config, max_seq_len)
         if drop is not None:
-            data_config.drop = [c.strip() for c in drop.split(",") if c.strip()]
-            load_config(overrides=[f"data.drop={json.dumps(data_config.drop)}"])  # validates the codes
+            data_config.drop = [c.strip() for c in drop.split(",") if c.strip()]  # validated on assignment
         result = clean_file(input, output, rejects, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, progress=True)
     console.print(result.summary())
 

@@ -6,7 +6,9 @@ import contextlib
 from collections.abc import Iterator
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.config import ConfigError
 from tunesmith.data.schema import DataError
@@ -20,5 +22,11 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except (DataError, ConfigError) as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(EXIT_UNREADABLE) from None
+        _fail(str(e))
+    except ValidationError as e:  # a config field set from a command-line option
+        _fail("; ".join(f"{'.'.join(map(str, err['loc'])) or e.title}: {err['msg']}" for err in e.errors()))
+
+
+def _fail(message: str) -> None:
+    err_console.print("[bold red]error:[/]", escape(message), highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_UNREADABLE) from None
