@@ -23,6 +23,10 @@ CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 PLOTS_DIR = "plots"
 COMPLETE_MARKER = "COMPLETE"  # written last into a checkpoint directory; without it, ignored
+SUMMARY_FILE = "train_summary.json"
+TENSORBOARD_DIR = "tensorboard"
+LOSS_PLOT = "loss.png"  # in PLOTS_DIR
+LENGTHS_PLOT_FILE = "token_lengths.png"  # written by `data check` beside its report
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

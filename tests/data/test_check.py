@@ -11,7 +11,8 @@ from rich.console import Console
 
 from tests.conftest import fixture_tokenizer_dir
 from tunesmith.config import DataConfig
-from tunesmith.data.check import FILE_ROW, LENGTHS_PLOT_FILE, check_file
+from tunesmith.data.check import FILE_ROW, check_file
+from tunesmith.runs import LENGTHS_PLOT_FILE
 from tunesmith.data.report import print_report, verdict, write_report_json
 from tunesmith.data.schema import DataError
 

@@ -20,7 +20,8 @@ from tunesmith.runs import CONFIG_FILE, FINAL_DIR, MANIFEST_FILE, METRICS_FILE
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import recipe
 from tunesmith.train.guards import OVERFITTING, TrainingStopped
-from tunesmith.train.recipe import SUMMARY_FILE, train
+from tunesmith.runs import SUMMARY_FILE, TENSORBOARD_DIR
+from tunesmith.train.recipe import train
 
 WORDS = ["apple", "sky", "grass", "snow", "coal", "sun", "rose", "sea", "leaf", "ash", "milk", "plum"]
 COLOURS = ["red", "blue", "green", "white", "black", "yellow", "red", "blue", "green", "grey", "white", "purple"]
@@ -125,7 +126,7 @@ def test_lora_run_directory_holds_the_best_adapter_and_the_evidence(inputs: Path
     assert (run_dir / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     assert summary["best_step"] == result.best_step and summary["final_dir"] == str(final)
-    assert list((run_dir / recipe.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    assert list((run_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     # --merge: a plain transformers model that computes what base + adapter compute.
     assert_merged_matches_adapter(config.model.name_or_path, final)
 

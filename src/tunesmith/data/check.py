@@ -25,9 +25,8 @@ from tunesmith.data.dedup import find_duplicates
 from tunesmith.data.quality import quality_findings
 from tunesmith.data.schema import CODES, Finding, Row, Severity, Source
 from tunesmith.data.validate import read_rows
-from tunesmith.runs import atomic_open
+from tunesmith.runs import LENGTHS_PLOT_FILE, atomic_open
 
-LENGTHS_PLOT_FILE = "token_lengths.png"  # written into `plot_dir` by `check_file`
 FILE_ROW = 0  # the row number of findings about the whole file (the tokenizer, its template)
 _NO_TOKENIZER = "no tokenizer given: template, length and truncation checks skipped (pass --tokenizer)"
 

@@ -44,7 +44,19 @@ from transformers import get_cosine_schedule_with_warmup
 
 from tunesmith.config import Config, ConfigError, dump_config
 from tunesmith.data.schema import Severity
-from tunesmith.runs import CONFIG_FILE, FINAL_DIR, MANIFEST_FILE, METRICS_FILE, PLOTS_DIR, write_json, write_jsonl, write_text
+from tunesmith.runs import (
+    CONFIG_FILE,
+    FINAL_DIR,
+    LOSS_PLOT,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    PLOTS_DIR,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batching import IGNORE_INDEX, collate, plan_batches
 from tunesmith.train.checkpoint import TrainState
@@ -64,9 +76,6 @@ from tunesmith.train.plots import plot_loss
 
 __all__ = ["TrainResult", "TrainingStopped", "train"]
 
-SUMMARY_FILE = "train_summary.json"
-TENSORBOARD_DIR = "tensorboard"
-LOSS_PLOT = "loss.png"
 MAX_NAN_RETRIES = 3  # each retry halves the LR; three halvings (1/8) and still NaN is not an LR problem
 
 
