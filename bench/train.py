@@ -344,13 +344,15 @@ def child(spec_path: Path) -> None:
 def run_contender(preset: str, method: str, contender: str, data: Path, threads: int) -> dict[str, Any] | None:
     name = f"{preset}-{method}-{contender}"
     spec = {"contender": contender, "method": method, "model_dir": str(model_dir(preset)), "data_dir": str(data),
-            "threads": threads, "out_dir": str(WORK / "runs" / name), "result": str(WORK / "results" / f"{name}.json")}  # fmt: skip
+            "threads": threads, "out_dir": str(WORK / "runs" / name),
+            "result": str(WORK / "results" / f"{name}.json")}  # fmt: skip
     spec_path = WORK / "results" / f"{name}.spec.json"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec))
     Path(spec["result"]).unlink(missing_ok=True)
     log = WORK / "results" / f"{name}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, **threads_env}
     print(f"  {name} ...", end=" ", flush=True)
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -368,7 +370,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     (model, method)."""
     for row in rows:
         for name in BASELINES:
-            base = next((r for r in rows if (r["model"], r["method"], r["contender"]) == (row["model"], row["method"], name)), None)
+            same = (row["model"], row["method"], name)
+            base = next((r for r in rows if (r["model"], r["method"], r["contender"]) == same), None)
             if base is None:
                 continue
             row[f"speed_vs_{name}"] = row["tokens_per_s"] / base["tokens_per_s"]
@@ -440,7 +443,8 @@ def main() -> None:
         child(args.child)
         return
     models, methods, contenders = (s.split(",") for s in (args.models, args.methods, args.contenders))
-    unknown = sorted(set(contenders) - set(CONTENDERS)) + sorted(set(methods) - set(LR)) + sorted(set(models) - {"small", "medium"})
+    unknown = [*sorted(set(contenders) - set(CONTENDERS)), *sorted(set(methods) - set(LR)),
+               *sorted(set(models) - {"small", "medium"})]  # fmt: skip
     if unknown:
         p.error(f"unknown names {unknown}")
     if args.repeats < 1:
@@ -475,8 +479,9 @@ def main() -> None:
 
     write_json(args.out, {
         "rows": rows, "failed": failed, "heldout_loss_before": base_losses, "minutes": minutes,
-        "settings": {"examples": args.examples, "threads": args.threads, "repeats": args.repeats, "micro_batch": MICRO_BATCH, "accumulation": ACCUMULATION,
-                     "max_len": MAX_LEN, "lr": LR, "lora": LORA, "warmup": WARMUP, "trl_variants": TRL_VARIANTS},
+        "settings": {"examples": args.examples, "threads": args.threads, "repeats": args.repeats,
+                     "micro_batch": MICRO_BATCH, "accumulation": ACCUMULATION, "max_len": MAX_LEN, "lr": LR,
+                     "lora": LORA, "warmup": WARMUP, "trl_variants": TRL_VARIANTS},
         "versions": versions(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     })  # fmt: skip
     print(f"results: {args.out}")
