@@ -7,20 +7,26 @@
 For each model (`tunesmith.models.tiny` presets, built once and cached: `small` ~15.7M-parameter
 Llama, `medium` ~107M) and method (LoRA r=16 all-linear with dropout 0, or full fine-tuning), every
 contender trains on the same `--examples` synthetic chat conversations (20-400 tokens) for one
-epoch: micro-batch 8, accumulation 2 (effective batch 16), max length 512, fp32 on CPU, the same
-LR, cosine schedule with 5% warmup, clipping 1.0, seed 0. Each contender runs in its own fresh
-process (so peak RSS is its own), back to back. See bench/README.md for the columns and figures.
+epoch: micro-batch 8, accumulation 2 (effective batch 16), max length 512, fp32 weights on CPU,
+the same LR, cosine schedule with 5% warmup, clipping 1.0, seed 0. Each contender runs in its own
+fresh process (so peak RSS is its own), back to back. See bench/README.md for the columns and figures.
 
-Contenders (`--contenders`, first three by default):
-  trl-default    SFTConfig defaults, save for the shared workload above and use_cpu/bf16=False
-                 (gradient checkpointing on, random batches, loss on every token, TRL's fused
-                 chunked log-prob head)
-  trl-best       the fastest TRL configuration found on CPU: gradient checkpointing off,
-                 train_sampling_strategy="group_by_length", assistant_only_loss=True
-  tunesmith      `tunesmith.train.recipe.train(config)` with the equivalent Config
-  trl-nogc       gradient checkpointing off only
-  trl-rebalance  as trl-best with train_sampling_strategy="batch_rebalance"
-  trl-padfree    as trl-best with padding_free=True (one flattened row per batch)
+Contenders (`--contenders`, the first five by default):
+  trl-default       SFTConfig defaults, save for the shared workload above and use_cpu=True,
+                    bf16=False (gradient checkpointing on, random batches, loss on every token,
+                    TRL's fused chunked log-prob head)
+  trl-default-bf16  the same with bf16 autocast: TRL's literal default once use_cpu=True
+  trl-best          the fastest TRL configuration found on CPU in fp32: gradient checkpointing
+                    off, train_sampling_strategy="group_by_length", assistant_only_loss=True
+  trl-best-bf16     the same with bf16 autocast (faster still where the CPU has AMX/AVX512-BF16)
+  tunesmith         `tunesmith.train.recipe.train(config)` with the equivalent Config, its defaults
+                    otherwise (train.mixed_precision=auto: bf16 autocast on such CPUs)
+  tunesmith-fp32    the same with train.mixed_precision=no
+  trl-nogc          gradient checkpointing off only
+  trl-rebalance     as trl-best with train_sampling_strategy="batch_rebalance"
+  trl-padfree       as trl-best with padding_free=True (one flattened row per batch)
+The ratio columns compare with the fastest of trl-default / trl-default-bf16 ("TRL default") and
+of trl-best / trl-best-bf16 ("TRL best") that ran; the table's footer says which was chosen.
 
 Measured in each child: non-pad tokens fed to the model during the training steps divided by the
 wall time of those steps (first batch built -> last optimizer step done; model loading,
@@ -58,18 +64,23 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 LR = {"lora": 2e-4, "full": 2e-5}  # tunesmith's defaults, used by every contender
 WARMUP = 0.05
 SEED = 0
-BASELINES = ("trl-default", "trl-best")
+# Each baseline is the fastest of its precisions in the run: TRL's literal default on CPU
+# (use_cpu=True) is bf16 autocast, the issue measured fp32, and bf16 was the faster TRL here.
+BASELINES = {"trl-default": ("trl-default", "trl-default-bf16"), "trl-best": ("trl-best", "trl-best-bf16")}
 # TRL settings on top of the shared workload; {} is TRL's defaults.
 TRL_VARIANTS: dict[str, dict[str, Any]] = {
     "trl-default": {},
     "trl-best": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length", "assistant_only_loss": True},
+    "trl-default-bf16": {"bf16": True},  # TRL's literal default with use_cpu=True: bf16 autocast
+    "trl-best-bf16": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length", "assistant_only_loss": True, "bf16": True},
     "trl-nogc": {"gradient_checkpointing": False},
     "trl-rebalance": {"gradient_checkpointing": False, "train_sampling_strategy": "batch_rebalance", "assistant_only_loss": True},
     # TRL refuses max_length with padding_free and no packing; no example here is longer than 400 tokens.
     "trl-padfree": {"gradient_checkpointing": False, "padding_free": True, "assistant_only_loss": True, "max_length": None},
 }  # fmt: skip
-CONTENDERS = (*TRL_VARIANTS, "tunesmith")
-DEFAULT_CONTENDERS = ("trl-default", "trl-best", "tunesmith")
+TUNESMITH_PRECISION = {"tunesmith": "auto", "tunesmith-fp32": "no"}  # train.mixed_precision
+CONTENDERS = (*TRL_VARIANTS, *TUNESMITH_PRECISION)
+DEFAULT_CONTENDERS = ("trl-default", "trl-default-bf16", "trl-best", "trl-best-bf16", "tunesmith")
 TRAIN_FILE, POOL_FILE, HELDOUT_FILE = "train.jsonl", "tunesmith.jsonl", "heldout.jsonl"
 
 
@@ -298,7 +309,8 @@ def run_tunesmith(spec: dict[str, Any], out_dir: Path, meter: _Meter) -> Path:
         "train": {"method": spec["method"], "lr": LR[spec["method"]], "epochs": 1, "micro_batch": MICRO_BATCH,
                   "effective_batch": MICRO_BATCH * ACCUMULATION, "warmup_ratio": WARMUP, "grad_clip": 1.0,
                   "weight_decay": 0.0, "eval_every": 1.0, "early_stopping_patience": 0,
-                  "val_fraction": INTERNAL_VAL_FRACTION, "seed": SEED, "resume": "never"},
+                  "val_fraction": INTERNAL_VAL_FRACTION, "seed": SEED, "resume": "never",
+                  "mixed_precision": TUNESMITH_PRECISION[spec["contender"]]},
     })  # fmt: skip
     accumulate, evaluate = recipe._accumulate, recipe._evaluate
 
@@ -330,7 +342,7 @@ def child(spec_path: Path) -> None:
     out_dir.mkdir(parents=True)
     meter = _Meter()
     started = time.perf_counter()
-    runner = run_tunesmith if spec["contender"] == "tunesmith" else run_trl
+    runner = run_tunesmith if spec["contender"] in TUNESMITH_PRECISION else run_trl
     saved = runner(spec, out_dir, meter)
     row = {**meter.result(), "total_s": time.perf_counter() - started,
            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # fmt: skip
@@ -367,13 +379,14 @@ def run_contender(preset: str, method: str, contender: str, data: Path, threads:
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Speed (wall and CPU), memory and loss of each row relative to the TRL baselines of its
-    (model, method)."""
+    (model, method); each baseline is the fastest of its precision variants that ran."""
     for row in rows:
-        for name in BASELINES:
-            same = (row["model"], row["method"], name)
-            base = next((r for r in rows if (r["model"], r["method"], r["contender"]) == same), None)
-            if base is None:
+        for name, variants in BASELINES.items():
+            group = [r for r in rows if (r["model"], r["method"]) == (row["model"], row["method"]) and r["contender"] in variants]
+            if not group:
                 continue
+            base = max(group, key=lambda r: r["tokens_per_s"])
+            row[f"{name}_is"] = base["contender"]
             row[f"speed_vs_{name}"] = row["tokens_per_s"] / base["tokens_per_s"]
             row[f"cpu_speed_vs_{name}"] = row["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
             row[f"rss_vs_{name}"] = row["peak_rss_gb"] / base["peak_rss_gb"]
@@ -416,6 +429,10 @@ def print_table(rows: list[dict[str, Any]], base_losses: dict[str, float]) -> No
         table.add_row(*(cell(row) for _, cell in COLUMNS))
     Console(width=240).print(table)
     print("held-out loss before training: " + ", ".join(f"{m} {v:.4f}" for m, v in base_losses.items()))
+    for group in sorted({(r["model"], r["method"]) for r in rows}):
+        row = next(r for r in rows if (r["model"], r["method"]) == group)
+        chosen = [f"{name} = {row[f'{name}_is']}" for name in BASELINES if f"{name}_is" in row]
+        print(f"baselines {'-'.join(group)} (fastest precision): {', '.join(chosen) or 'none ran'}")
     for group in sorted({(r["model"], r["method"]) for r in rows}):
         fed = {r["contender"]: r["tokens"] for r in rows if (r["model"], r["method"]) == group}
         if len(set(fed.values())) > 1:  # the same examples tokenize the same: a difference means different data

@@ -78,6 +78,11 @@ class TrainConfig(Section):
     """Examples per optimizer step, reached with gradient accumulation."""
     micro_batch: int = Field(8, gt=0)
     """Examples per forward pass; halved automatically on out-of-memory at start."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """Compute matmuls in bfloat16 under autocast, weights and optimizer state staying in their
+    own dtype. `auto`: bf16 where the device computes it natively (CUDA Ampere or newer; CPUs
+    with AMX or AVX512-BF16, where it measured 1.7-2x faster steps on a 107M Llama), else no.
+    fp16 is not offered: it needs loss scaling, whose skipped steps the NaN guard would stop on."""
     max_tokens_per_batch: int | None = None
     """Alternative to micro_batch for packing: cap on tokens per forward pass."""
     warmup_ratio: float = Field(0.05, ge=0, lt=1)

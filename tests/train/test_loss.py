@@ -11,10 +11,10 @@ from tunesmith.train.loss import trained_token_loss
 VOCAB, PAD = 512, 0
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, *, tied: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=False)  # fmt: skip
+                      num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=tied)  # fmt: skip
     return LlamaForCausalLM(cfg).float().train()
 
 
@@ -125,6 +125,88 @@ def test_chunked_head_gives_the_same_loss_and_gradients(monkeypatch: pytest.Monk
         assert torch.allclose(p.grad, q.grad, atol=1e-7, rtol=1e-5)
 
 
+def grads_of(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_head_gradient_equals_autograd_through_full_logits(tied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The head's gradient is produced inside its forward, in chunks; it must equal plain autograd
+    # through [rows x vocab] logits, the tied embedding's two gradient paths summed included.
+    monkeypatch.setattr(loss_module, "MAX_LOGITS_PER_CHUNK", 7 * VOCAB)  # several chunks, a ragged last one
+    model = tiny_llama(tied=tied)
+    batch = collate(examples(8, seed=4), PAD)
+    assert loss_module._linear_head(model.lm_head) is not None
+    ours = trained_token_loss(model, batch, normalizer=n_trained(batch))[0]
+    reference = by_hand(model, batch)
+    assert torch.allclose(ours, reference, atol=1e-6, rtol=0)
+    got, want = grads_of(model, ours), grads_of(model, reference)
+    assert got.keys() == want.keys() and ("lm_head.weight" in got) != tied
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-7, rtol=1e-5), name
+
+
+def test_head_under_bf16_autocast_stays_close_to_fp32() -> None:
+    model = tiny_llama()
+    batch = collate(examples(8, seed=4), PAD)
+    fp32 = trained_token_loss(model, batch, normalizer=n_trained(batch))[0]
+    want = grads_of(model, fp32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = trained_token_loss(model, batch, normalizer=n_trained(batch))[0]
+    got = grads_of(model, bf16)
+    assert bf16.dtype == torch.float32 and abs(float(bf16) - float(fp32)) < 0.01 * float(fp32)
+    for name in want:  # bf16 keeps ~3 significant digits; the direction must survive
+        cosine = torch.nn.functional.cosine_similarity(got[name].flatten(), want[name].flatten(), dim=0)
+        assert cosine > 0.99, (name, float(cosine))
+
+
+def test_validation_under_no_grad_gives_the_same_loss() -> None:
+    model = tiny_llama()
+    batch = collate(examples(5, seed=2), PAD)
+    with torch.no_grad():
+        evaluated, _ = trained_token_loss(model, batch, normalizer=n_trained(batch))
+    assert not evaluated.requires_grad
+    assert torch.allclose(evaluated, by_hand(model, batch), atol=1e-6, rtol=0)
+
+
+def test_trained_stop_token_rows_of_a_tied_head_get_the_autograd_gradient() -> None:
+    # lora.train_stop_tokens on a tied model: peft wraps the head; its effective weight (the base
+    # with the trained rows swapped in) goes through the chunked head loss.
+    from tunesmith.config import LoraConfig, TrainConfig
+    from tunesmith.models.adapters import wrap_model
+
+    model = wrap_model(tiny_llama(tied=True), TrainConfig(method="lora"), LoraConfig(r=4), stop_token_ids=[5, 9])
+    head = model.get_output_embeddings()
+    assert type(head) is not torch.nn.Linear and loss_module._linear_head(head) is not None
+    batch = collate(examples(6, seed=7), PAD)
+    ours = trained_token_loss(model, batch, normalizer=n_trained(batch))[0]
+    theirs = model(**batch).loss
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+    got, want = grads_of(model, ours), grads_of(model, theirs)
+    assert any("trainable_tokens_delta" in n for n in got)
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-7, rtol=1e-4), name
+
+
+def test_a_lora_adapted_head_goes_through_the_module_in_recomputed_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.config import LoraConfig, TrainConfig
+    from tunesmith.models.adapters import wrap_model
+
+    model = wrap_model(tiny_llama(), TrainConfig(method="lora"), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    assert loss_module._linear_head(model.get_output_embeddings()) is None
+    batch = collate(examples(6, seed=8), PAD)
+    whole = trained_token_loss(model, batch, normalizer=n_trained(batch))[0]
+    want = grads_of(model, whole)
+    monkeypatch.setattr(loss_module, "MAX_LOGITS_PER_CHUNK", 5 * VOCAB)
+    chunked = trained_token_loss(model, batch, normalizer=n_trained(batch))[0]
+    assert torch.allclose(whole, chunked, atol=1e-6, rtol=0)
+    assert torch.allclose(whole, model(**batch).loss, atol=1e-5, rtol=0)
+    for name, grad in grads_of(model, chunked).items():
+        assert torch.allclose(grad, want[name], atol=1e-7, rtol=1e-5), name
+
+
 def test_softcapped_head_matches_the_model_own_loss() -> None:
     torch.manual_seed(0)
     cfg = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -136,6 +218,9 @@ def test_softcapped_head_matches_the_model_own_loss() -> None:
     ours, _ = trained_token_loss(model, batch, normalizer=n_trained(batch))
     theirs = model(**batch).loss  # transformers' own forward, softcap included, mean over trained tokens
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+    got, want = grads_of(model, ours), grads_of(model, theirs)
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-6, rtol=1e-4), name
     # and the cap matters at this scale: without it the loss differs
     model.config.final_logit_softcapping = None
     assert not torch.allclose(trained_token_loss(model, batch, normalizer=n_trained(batch))[0], ours, atol=0.1)

@@ -37,12 +37,22 @@ def resolve_dtype(dtype: Dtype | torch.dtype = "auto") -> torch.dtype:
     float16 is never chosen for you: without loss scaling it overflows in training."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":
+    if dtype == "auto":  # on CPUs, bf16 comes as autocast over fp32 weights (train.mixed_precision)
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
         raise ValueError(f"dtype {dtype!r}: expected auto, float32, bfloat16 or float16") from None
+
+
+def native_bf16() -> bool:
+    """Does this machine compute bfloat16 in hardware? A CUDA GPU of Ampere or newer, or a CPU
+    with AMX or AVX512-BF16. Elsewhere bf16 is emulated and slower than float32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    # Private but stable since torch 2.3; missing means an old or non-x86 build: say no.
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe() for probe in probes if probe is not None)
 
 
 def hub_reachable(timeout_s: float = 2.0) -> bool:
