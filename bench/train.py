@@ -300,6 +300,7 @@ def run_tunesmith(spec: dict[str, Any], out_dir: Path, meter: _Meter) -> Path:
     where the final validation starts; nothing else changes."""
     from tunesmith.config import Config
     from tunesmith.train import recipe
+    from tunesmith.train.batching import padded_width
 
     config = Config.model_validate({
         "name": "bench", "runs_dir": str(out_dir),
@@ -317,7 +318,7 @@ def run_tunesmith(spec: dict[str, Any], out_dir: Path, meter: _Meter) -> Path:
     def counting_accumulate(loss_model, accelerator, window, *args, **kwargs):
         for examples in window:
             lengths = [len(e.input_ids) for e in examples]
-            meter.batch(sum(lengths), len(lengths) * max(lengths))
+            meter.batch(sum(lengths), len(lengths) * padded_width(max(lengths), config.train.pad_to_multiple_of))
         return accumulate(loss_model, accelerator, window, *args, **kwargs)
 
     def timed_evaluate(*args, **kwargs):

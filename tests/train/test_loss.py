@@ -112,6 +112,19 @@ def test_padded_rows_equal_each_example_alone() -> None:
     assert torch.allclose(together, alone, atol=0, rtol=1e-6)  # sums of ~100: relative tolerance
 
 
+def test_rounding_the_width_up_changes_neither_loss_nor_gradients() -> None:
+    model = tiny_llama()
+    data = examples(5, seed=11)
+    exact, rounded = collate(data, PAD), collate(data, PAD, pad_to_multiple_of=32)
+    assert rounded["input_ids"].shape[1] == 32 > exact["input_ids"].shape[1]
+    loss, n = trained_token_loss(model, exact, normalizer=n_trained(exact))
+    loss_rounded, n_rounded = trained_token_loss(model, rounded, normalizer=n_trained(rounded))
+    assert n == n_rounded and torch.allclose(loss, loss_rounded, atol=1e-6, rtol=0)
+    want, got = grads_of(model, loss), grads_of(model, loss_rounded)
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-7, rtol=1e-5), name
+
+
 def test_chunked_head_gives_the_same_loss_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     batch = collate(examples(8, seed=4), PAD)
     whole_model, chunked_model = tiny_llama(), tiny_llama()

@@ -22,6 +22,7 @@ which positions are real; nothing ever looks at a token id to find padding.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,15 +85,29 @@ def _field(example: Any, name: str) -> Sequence[int]:
     return example[name] if isinstance(example, Mapping) else getattr(example, name)
 
 
-def collate(examples: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad one micro-batch into `input_ids`, `labels`, `attention_mask` (all [rows, longest]).
+@dataclass(frozen=True)
+class Padding:
+    """How micro-batches are padded: the token id, and the multiple widths are rounded up to."""
+
+    pad_id: int
+    multiple: int = 1
+
+
+def padded_width(longest: int, multiple: int = 1) -> int:
+    """`longest` rounded up to a multiple of `multiple`: the width collate gives a micro-batch."""
+    return -(-longest // multiple) * multiple
+
+
+def collate(examples: Sequence[Any], pad_id: int, *, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad one micro-batch into `input_ids`, `labels`, `attention_mask` (all [rows, width]):
+    width is the longest example rounded up to `pad_to_multiple_of`.
 
     Each example has `input_ids` and `labels` (IGNORE_INDEX where not trained). Pad positions get
     label IGNORE_INDEX and mask 0 by position: pad_id may equal EOS, which is a trained token.
     """
     if not examples:
         raise ValueError("collate: empty micro-batch")
-    width = max(len(_field(ex, "input_ids")) for ex in examples)
+    width = padded_width(max(len(_field(ex, "input_ids")) for ex in examples), pad_to_multiple_of)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)

@@ -58,7 +58,7 @@ from tunesmith.runs import (
     write_text,
 )
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.batching import IGNORE_INDEX, collate, plan_batches
+from tunesmith.train.batching import IGNORE_INDEX, Padding, collate, plan_batches
 from tunesmith.train.checkpoint import TrainState
 from tunesmith.train.guards import (
     COMPLETED,
@@ -139,7 +139,7 @@ class _Session:
     tokenizer: Any
     train_set: list[Any]
     val_set: list[Any]
-    pad_id: int
+    padding: Padding
     notes: list[str]
     started: float
 
@@ -166,6 +166,7 @@ def train(config: Config, *, resume: bool | None = None, merge: bool = False) ->
     `merge` also writes a merged full model into final/merged (LoRA/QLoRA).
     Raises TrainingStopped (CLI exit 1) when a guard rail stops training.
     """
+    _bound_onednn_cache()
     session, resume_from = _setup(config, config.train.resume == "auto" if resume is None else resume)
     lr_scale: float | None = None  # set by `on_nan: retry`
     retry_row: dict[str, Any] | None = None
@@ -202,6 +203,14 @@ def train(config: Config, *, resume: bool | None = None, merge: bool = False) ->
 # ============================================================================ setup
 
 
+def _bound_onednn_cache() -> None:
+    """Cap oneDNN's cache of compiled CPU kernels (one per matmul shape and direction) unless the
+    user set it. Its default of 1,024 held ~0.4 GB of a 15.7M Llama's bf16 LoRA peak (2.32 GB vs
+    1.95 GB with 64; bench/train.py, steps within noise of each other). oneDNN reads the variable
+    when it first compiles a kernel, so this only takes effect if nothing in the process has yet."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+
 def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
     """Accelerator, run files, tokenizer, encoded train/val examples."""
     from tunesmith.data.template import load_tokenizer
@@ -226,7 +235,8 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
         _write_run_files(config, resume_from, rows, accelerator.mixed_precision, console)
     accelerator.wait_for_everyone()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return _Session(config, accelerator, console, tokenizer, train_set, val_set, pad_id, notes, time.time()), resume_from
+    padding = Padding(pad_id, config.train.pad_to_multiple_of)
+    return _Session(config, accelerator, console, tokenizer, train_set, val_set, padding, notes, time.time()), resume_from
 
 
 def _mixed_precision(config: Config) -> str:
@@ -371,7 +381,7 @@ def _prepare(session: _Session, resume_from: Path | None, lr_scale: float | None
     world = accelerator.num_processes
     if not loaded:  # a resume keeps the checkpoint's layout: the data position refers to its plan
         accum = max(1, math.ceil(cfg.effective_batch / (cfg.micro_batch * world)))
-        probe = lambda size: _probe(loss_model, accelerator, session.train_set, session.pad_id, size)  # noqa: E731
+        probe = lambda size: _probe(loss_model, accelerator, session.train_set, session.padding, size)  # noqa: E731
         state.micro_batch, state.accumulation, oom = fit_micro_batch(probe, cfg.micro_batch, accum)
         session.notes.extend(oom)
     n_micro = len(_plan(session, state.micro_batch, epoch=0))
@@ -410,11 +420,11 @@ def _scale_lr(optimizer, scheduler, factor: float) -> None:
         group["initial_lr"] *= factor
 
 
-def _probe(loss_model, accelerator, examples, pad_id, size: int) -> None:
+def _probe(loss_model, accelerator, examples, padding: Padding, size: int) -> None:
     """One forward/backward on the `size` longest examples: the largest micro-batch training will see."""
     longest = sorted(examples, key=lambda e: -len(e.input_ids))[:size]
     with accelerator.no_sync(loss_model):
-        loss, _ = loss_model(_batch(longest, pad_id, accelerator), normalizer=max(1, sum(_trained(e) for e in longest)))
+        loss, _ = loss_model(_batch(longest, padding, accelerator), normalizer=max(1, sum(_trained(e) for e in longest)))
         accelerator.backward(loss)
     for p in loss_model.parameters():
         p.grad = None
@@ -498,7 +508,7 @@ def _fit(session: _Session, run: _Attempt) -> str:
             batches = plan(state.epoch)
             window = [[data[i] for i in b] for b in batches[state.batch_in_epoch : state.batch_in_epoch + layout.per_step]]
             tic = time.perf_counter()
-            loss, grad_norm = _accumulate(run.loss_model, session.accelerator, window, session.pad_id, cfg.grad_clip)
+            loss, grad_norm = _accumulate(run.loss_model, session.accelerator, window, session.padding, cfg.grad_clip)
             cause = non_finite(loss, grad_norm)
             if cause:  # checked before the update, so the weights in memory are still the good ones
                 raise _NonFinite(state.step + 1, cause)
@@ -520,7 +530,7 @@ def _fit(session: _Session, run: _Attempt) -> str:
 
             if state.step % layout.eval_interval == 0 or state.step == layout.total_steps:
                 # ============================================================ validate
-                val_loss = _evaluate(run.loss_model, session.accelerator, session.val_set, session.pad_id,
+                val_loss = _evaluate(run.loss_model, session.accelerator, session.val_set, session.padding,
                                      layout.micro_batch)  # fmt: skip
                 if not math.isfinite(val_loss):
                     raise _NonFinite(state.step, "validation loss")
@@ -539,8 +549,9 @@ def _fit(session: _Session, run: _Attempt) -> str:
     return COMPLETED
 
 
-def _batch(examples: list[Any], pad_id: int, accelerator: Accelerator) -> dict[str, torch.Tensor]:
-    return {k: v.to(accelerator.device) for k, v in collate(examples, pad_id).items()}
+def _batch(examples: list[Any], padding: Padding, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    batch = collate(examples, padding.pad_id, pad_to_multiple_of=padding.multiple)
+    return {k: v.to(accelerator.device) for k, v in batch.items()}
 
 
 def _shard(batches: list[Any], rank: int, world: int) -> list[tuple[Any, float]]:
@@ -550,7 +561,7 @@ def _shard(batches: list[Any], rank: int, world: int) -> list[tuple[Any, float]]
     return mine + [(batches[0], 0.0)] * (math.ceil(len(batches) / world) - len(mine))
 
 
-def _accumulate(loss_model, accelerator, window: list[list[Any]], pad_id: int, grad_clip: float) -> tuple[float, float]:
+def _accumulate(loss_model, accelerator, window: list[list[Any]], padding: Padding, grad_clip: float) -> tuple[float, float]:
     """Forward/backward over one accumulation window; returns (loss per trained token, grad norm).
 
     The normaliser is the trained-token count of the whole window on all ranks, known to every
@@ -565,7 +576,7 @@ def _accumulate(loss_model, accelerator, window: list[list[Any]], pad_id: int, g
         last = j == len(mine) - 1
         accelerator.sync_gradients = last  # DeepSpeed steps on the synchronising backward only
         with contextlib.nullcontext() if last else accelerator.no_sync(loss_model):
-            loss, _ = loss_model(_batch(examples, pad_id, accelerator), normalizer=normalizer)
+            loss, _ = loss_model(_batch(examples, padding, accelerator), normalizer=normalizer)
             accelerator.backward(loss * (world * weight))
         total += loss.detach().double() * weight
     grad_norm = accelerator.clip_grad_norm_(loss_model.parameters(), grad_clip)
@@ -574,13 +585,13 @@ def _accumulate(loss_model, accelerator, window: list[list[Any]], pad_id: int, g
 
 
 @torch.no_grad()
-def _evaluate(loss_model, accelerator, val_set, pad_id: int, micro_batch: int) -> float:
+def _evaluate(loss_model, accelerator, val_set, padding: Padding, micro_batch: int) -> float:
     """Mean loss per trained token over the whole validation set (all ranks)."""
     batches = plan_batches([len(e.input_ids) for e in val_set], micro_batch=micro_batch, seed=0, epoch=0)
     sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     loss_model.eval()
     for ids, weight in _shard(batches, accelerator.process_index, accelerator.num_processes):
-        loss, n = loss_model(_batch([val_set[i] for i in ids], pad_id, accelerator), normalizer=1)
+        loss, n = loss_model(_batch([val_set[i] for i in ids], padding, accelerator), normalizer=1)
         sums += torch.stack([loss.double() * weight, torch.tensor(n * weight, dtype=torch.float64, device=sums.device)])
     loss_model.train()
     sums = accelerator.reduce(sums, reduction="sum")
