@@ -127,7 +127,7 @@ class _HeadLoss(torch.autograd.Function):
     autocast dtype when autocast is on, as `head(rows)` would."""
 
     @staticmethod
-    def forward(ctx, rows, weight, bias, targets, softcap, chunk, with_grad):  # noqa: ANN001, ANN205
+    def forward(ctx, rows, weight, bias, targets, softcap, chunk, with_grad):
         device = rows.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else rows.dtype
         need_rows, need_weight, need_bias = (with_grad and t is not None and t.requires_grad for t in (rows, weight, bias))
@@ -164,8 +164,13 @@ class _HeadLoss(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad_total):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_total):
         grad_rows, grad_weight, grad_bias = ctx.saved_tensors
         weight_dtype, bias_dtype = ctx.dtypes
-        scale = lambda g, dtype=None: None if g is None else (g * grad_total).to(dtype or g.dtype)  # noqa: E731
-        return scale(grad_rows), scale(grad_weight, weight_dtype), scale(grad_bias, bias_dtype), None, None, None, None
+        return (_scaled(grad_rows, grad_total, grad_rows.dtype if grad_rows is not None else None),
+                _scaled(grad_weight, grad_total, weight_dtype), _scaled(grad_bias, grad_total, bias_dtype),
+                None, None, None, None)  # fmt: skip
+
+
+def _scaled(grad: torch.Tensor | None, by: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor | None:
+    return None if grad is None else (grad * by).to(dtype)
