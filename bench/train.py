@@ -21,7 +21,7 @@ Contenders (`--contenders`, the first five by default):
   trl-best-bf16     the same with bf16 autocast (faster still where the CPU has AMX/AVX512-BF16)
   tunesmith         `tunesmith.train.recipe.train(config)` with the equivalent Config, its defaults
                     otherwise (train.mixed_precision=auto: bf16 autocast on such CPUs)
-  tunesmith-fp32    the same with train.mixed_precision=no
+  tunesmith-fp32    the same with train.mixed_precision=fp32
   trl-nogc          gradient checkpointing off only
   trl-rebalance     as trl-best with train_sampling_strategy="batch_rebalance"
   trl-padfree       as trl-best with padding_free=True (one flattened row per batch)
@@ -78,7 +78,7 @@ TRL_VARIANTS: dict[str, dict[str, Any]] = {
     # TRL refuses max_length with padding_free and no packing; no example here is longer than 400 tokens.
     "trl-padfree": {"gradient_checkpointing": False, "padding_free": True, "assistant_only_loss": True, "max_length": None},
 }  # fmt: skip
-TUNESMITH_PRECISION = {"tunesmith": "auto", "tunesmith-fp32": "no"}  # train.mixed_precision
+TUNESMITH_PRECISION = {"tunesmith": "auto", "tunesmith-fp32": "fp32"}  # train.mixed_precision
 CONTENDERS = (*TRL_VARIANTS, *TUNESMITH_PRECISION)
 DEFAULT_CONTENDERS = ("trl-default", "trl-default-bf16", "trl-best", "trl-best-bf16", "tunesmith")
 TRAIN_FILE, POOL_FILE, HELDOUT_FILE = "train.jsonl", "tunesmith.jsonl", "heldout.jsonl"

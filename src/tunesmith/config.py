@@ -78,11 +78,12 @@ class TrainConfig(Section):
     """Examples per optimizer step, reached with gradient accumulation."""
     micro_batch: int = Field(8, gt=0)
     """Examples per forward pass; halved automatically on out-of-memory at start."""
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """Compute matmuls in bfloat16 under autocast, weights and optimizer state staying in their
-    own dtype. `auto`: bf16 where the device computes it natively (CUDA Ampere or newer; CPUs
-    with AMX or AVX512-BF16, where it measured 1.7-2x faster steps on a 107M Llama), else no.
-    fp16 is not offered: it needs loss scaling, whose skipped steps the NaN guard would stop on."""
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`bf16`: compute matmuls in bfloat16 under autocast, weights and optimizer state staying in
+    their own dtype. `fp32`: no autocast. `auto`: bf16 where the device computes it natively (CUDA
+    Ampere or newer; CPUs with AMX or AVX512-BF16, where it made steps 1.4-1.9x faster in
+    bench/train.py), else fp32. fp16 is not offered: it needs loss scaling, whose skipped steps
+    the NaN guard would stop on."""
     pad_to_multiple_of: int = Field(32, ge=1)
     """Round each micro-batch's length up to this. On CPU, oneDNN compiles and keeps a kernel per
     matmul shape: with every length distinct, that cache raised the bf16 LoRA peak of a 15.7M
@@ -104,6 +105,12 @@ class TrainConfig(Section):
     seed: int = 0
     resume: Literal["auto", "never"] = "auto"
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_means_fp32(cls, value: Any) -> Any:
+        # YAML reads a bare `no` / `false` as the boolean False.
+        return "fp32" if value is False else value
 
     @property
     def learning_rate(self) -> float:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from tunesmith.models import load
-from tunesmith.models.load import ModelLoadError, load_model, resolve_dtype
+from tunesmith.models.load import ModelLoadError, load_model, native_bf16, resolve_dtype
 from tunesmith.models.tiny import build_tiny_model
 
 CORPUS = ["SELECT name FROM products WHERE price > 10;", "How many orders were shipped?"] * 40
@@ -44,6 +44,20 @@ def test_auto_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_dtype("float16") == torch.float16
     with pytest.raises(ValueError, match="expected auto"):
         resolve_dtype("fp8")  # type: ignore[arg-type]
+
+
+def test_native_bf16_asks_the_gpu_or_the_cpu_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for amx, avx512_bf16, expected in [(True, False, True), (False, True, True), (False, False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        assert native_bf16() is expected
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older or non-x86 build: no probe, no bf16
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert native_bf16() is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4
+    assert native_bf16() is False
 
 
 def test_refuses_pickled_weights(tmp_path: Path, model_dir: Path) -> None:

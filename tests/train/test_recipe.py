@@ -16,11 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from tunesmith.config import Config, ConfigError, load_config
-from tunesmith.runs import CONFIG_FILE, FINAL_DIR, MANIFEST_FILE, METRICS_FILE
+from tunesmith.runs import CONFIG_FILE, FINAL_DIR, MANIFEST_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import recipe
 from tunesmith.train.guards import OVERFITTING, TrainingStopped
-from tunesmith.runs import SUMMARY_FILE, TENSORBOARD_DIR
 from tunesmith.train.recipe import train
 
 WORDS = ["apple", "sky", "grass", "snow", "coal", "sun", "rose", "sea", "leaf", "ash", "milk", "plum"]
@@ -238,6 +237,24 @@ def test_out_of_memory_at_start_halves_the_micro_batch(inputs: Path, monkeypatch
     result = train(run_config(inputs, "oom", "train.epochs=0.5"))
     assert (result.micro_batch, result.accumulation) == (2, 4)  # effective batch still 8
     assert any("out of memory at micro_batch=4" in n for n in result.notes)
+
+
+@pytest.mark.parametrize(("setting", "native", "expected"),
+                         [("auto", True, "bf16"), ("auto", False, "fp32"), ("fp32", True, "fp32"), ("bf16", False, "bf16")])  # fmt: skip
+def test_mixed_precision_auto_follows_the_hardware(setting: str, native: bool, expected: str, monkeypatch) -> None:
+    from tunesmith.models import load
+
+    monkeypatch.setattr(load, "native_bf16", lambda: native)
+    config = Config.model_validate({"train": {"mixed_precision": setting}})
+    assert recipe._mixed_precision(config) == expected
+
+
+def test_the_manifest_records_the_compute_precision(inputs: Path):
+    config = run_config(inputs, "fp32", "train.mixed_precision=no", "train.epochs=0.5")  # YAML's `no` is False
+    assert config.train.mixed_precision == "fp32"
+    train(config)
+    manifest = json.loads((config.run_dir / MANIFEST_FILE).read_text())
+    assert manifest["hardware"]["mixed_precision"] == "fp32"
 
 
 def test_a_finished_run_is_not_silently_overwritten(inputs: Path):

@@ -113,15 +113,19 @@ class _LossModel(torch.nn.Module):
     for computation that runs through the wrapped module's forward, and trained_token_loss calls
     the decoder and head directly, so the loss itself must be the forward that gets wrapped."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, *, bf16: bool):
         super().__init__()
         self.model = model
+        self.bf16 = bf16
         # FSDP's transformer-based wrapping looks for the decoder-layer classes on the module it gets.
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._no_split_modules = getattr(base, "_no_split_modules", None)
 
     def forward(self, batch: dict[str, torch.Tensor], normalizer: float) -> tuple[torch.Tensor, int]:
-        return trained_token_loss(self.model, batch, normalizer=normalizer)
+        # Our own autocast rather than Accelerator(mixed_precision=...): accelerate's state is a
+        # per-process singleton, so a second train() in one process with another precision fails.
+        with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return trained_token_loss(self.model, batch, normalizer=normalizer)
 
 
 class _NonFinite(Exception):
@@ -220,8 +224,7 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
     # cpu=True on a machine without any accelerator: only then does accelerate set up gloo DDP under
     # torchrun; otherwise every rank silently trains its own copy (checked below).
     has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not has_accelerator, mixed_precision=_mixed_precision(config), log_with=remote or None,
-                              project_dir=str(config.run_dir))  # fmt: skip
+    accelerator = Accelerator(cpu=not has_accelerator, log_with=remote or None, project_dir=str(config.run_dir))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise ConfigError(f"launched as {launched} processes but accelerate runs {accelerator.num_processes}: "
@@ -232,7 +235,7 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
                                trust_remote_code=config.model.trust_remote_code)  # fmt: skip
     train_set, val_set, rows, notes = _load_examples(config, tokenizer)
     if accelerator.is_main_process:
-        _write_run_files(config, resume_from, rows, accelerator.mixed_precision, console)
+        _write_run_files(config, resume_from, rows, _mixed_precision(config), console)
     accelerator.wait_for_everyone()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     padding = Padding(pad_id, config.train.pad_to_multiple_of)
@@ -240,12 +243,13 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
 
 
 def _mixed_precision(config: Config) -> str:
-    """accelerate's name for the autocast precision; accelerate then wraps the prepared model's
-    forward (our loss included) in autocast, so validation runs in the same precision."""
+    """`bf16` or `fp32`, `auto` resolved. _LossModel applies it, to training and validation alike.
+    Under `accelerate launch`, the launcher config's mixed_precision (DeepSpeed's and FSDP's own
+    bf16 handling) applies as well."""
     from tunesmith.models.load import native_bf16
 
     if config.train.mixed_precision == "auto":
-        return "bf16" if native_bf16() else "no"
+        return "bf16" if native_bf16() else "fp32"
     return config.train.mixed_precision
 
 
@@ -257,14 +261,14 @@ def _resume_point(run_dir: Path, resume: bool) -> Path | None:
     return latest if resume else None
 
 
-def _write_run_files(config: Config, resume_from: Path | None, rows: int, autocast: str, console: Console) -> None:
+def _write_run_files(config: Config, resume_from: Path | None, rows: int, precision: str, console: Console) -> None:
     path = config.run_dir / CONFIG_FILE
     text = dump_config(config)
     if resume_from is not None and path.is_file() and path.read_text(encoding="utf-8") != text:
         old, new = yaml.safe_load(path.read_text(encoding="utf-8")), yaml.safe_load(text)
         changed = [f"{s}.{k}" for s in new if isinstance(new[s], dict) for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
         console.print(f"[yellow]resuming with a changed config: {', '.join(changed) or 'top-level keys'}[/]")
-    manifest = _manifest(config, resume_from, rows, autocast)
+    manifest = _manifest(config, resume_from, rows, precision)
     previous = config.run_dir / MANIFEST_FILE
     if resume_from is not None and previous.is_file():
         # The checkpoint's data position indexes the old examples: resuming on other data would
@@ -277,7 +281,7 @@ def _write_run_files(config: Config, resume_from: Path | None, rows: int, autoca
     write_json(previous, manifest)
 
 
-def _manifest(config: Config, resume_from: Path | None, rows: int, autocast: str) -> dict[str, Any]:
+def _manifest(config: Config, resume_from: Path | None, rows: int, precision: str) -> dict[str, Any]:
     import accelerate
     import peft
     import transformers
@@ -301,7 +305,7 @@ def _manifest(config: Config, resume_from: Path | None, rows: int, autocast: str
         "git_sha": git or None,
         "hardware": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                      "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-                     "processes": int(os.environ.get("WORLD_SIZE", "1")), "mixed_precision": autocast},
+                     "processes": int(os.environ.get("WORLD_SIZE", "1")), "mixed_precision": precision},
     }  # fmt: skip
 
 
@@ -376,7 +380,7 @@ def _prepare(session: _Session, resume_from: Path | None, lr_scale: float | None
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate * state.lr_scale, weight_decay=cfg.weight_decay, fused=fused)
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants its micro-batch before prepare()
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch
-    loss_model, optimizer = accelerator.prepare(_LossModel(model), optimizer)
+    loss_model, optimizer = accelerator.prepare(_LossModel(model, bf16=_mixed_precision(config) == "bf16"), optimizer)
 
     world = accelerator.num_processes
     if not loaded:  # a resume keeps the checkpoint's layout: the data position refers to its plan
@@ -449,7 +453,7 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
         ("learning rate", f"{config.train.learning_rate * run.state.lr_scale:g}, cosine, "
                           f"warmup {config.train.warmup_ratio:.0%}"),
         ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / max(total, 1):.2%})"),
-        ("precision", f"{_dtype_name(run.model)} weights, {_autocast_name(session.accelerator)} compute"),
+        ("precision", f"{_dtype_name(run.model)} weights, {_mixed_precision(config)} compute"),
         ("planned memory", f"~{memory:.2f} GB (rough: weights, AdamW, activations)"),
         *[("note", n) for n in session.notes],
     ]:  # fmt: skip
@@ -459,10 +463,6 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
 
 def _dtype_name(model: torch.nn.Module) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
-
-
-def _autocast_name(accelerator: Accelerator) -> str:
-    return "bf16 autocast" if accelerator.mixed_precision == "bf16" else "no autocast"
 
 
 def _memory_gb(model: torch.nn.Module, micro_batch: int, max_len: int) -> float:
