@@ -144,6 +144,7 @@ class _Session:
     train_set: list[Any]
     val_set: list[Any]
     padding: Padding
+    precision: str  # "bf16" or "fp32": train.mixed_precision resolved
     notes: list[str]
     started: float
 
@@ -234,12 +235,14 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
     tokenizer = load_tokenizer(config.model.name_or_path, chat_template=config.model.chat_template,
                                trust_remote_code=config.model.trust_remote_code)  # fmt: skip
     train_set, val_set, rows, notes = _load_examples(config, tokenizer)
+    precision = _mixed_precision(config)
     if accelerator.is_main_process:
-        _write_run_files(config, resume_from, rows, _mixed_precision(config), console)
+        _write_run_files(config, resume_from, rows, precision, console)
     accelerator.wait_for_everyone()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     padding = Padding(pad_id, config.train.pad_to_multiple_of)
-    return _Session(config, accelerator, console, tokenizer, train_set, val_set, padding, notes, time.time()), resume_from
+    session = _Session(config, accelerator, console, tokenizer, train_set, val_set, padding, precision, notes, time.time())
+    return session, resume_from
 
 
 def _mixed_precision(config: Config) -> str:
@@ -380,7 +383,7 @@ def _prepare(session: _Session, resume_from: Path | None, lr_scale: float | None
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate * state.lr_scale, weight_decay=cfg.weight_decay, fused=fused)
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants its micro-batch before prepare()
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch
-    loss_model, optimizer = accelerator.prepare(_LossModel(model, bf16=_mixed_precision(config) == "bf16"), optimizer)
+    loss_model, optimizer = accelerator.prepare(_LossModel(model, bf16=session.precision == "bf16"), optimizer)
 
     world = accelerator.num_processes
     if not loaded:  # a resume keeps the checkpoint's layout: the data position refers to its plan
@@ -453,7 +456,7 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
         ("learning rate", f"{config.train.learning_rate * run.state.lr_scale:g}, cosine, "
                           f"warmup {config.train.warmup_ratio:.0%}"),
         ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / max(total, 1):.2%})"),
-        ("precision", f"{_dtype_name(run.model)} weights, {_mixed_precision(config)} compute"),
+        ("precision", f"{_dtype_name(run.model)} weights, {session.precision} compute"),
         ("planned memory", f"~{memory:.2f} GB (rough: weights, AdamW, activations)"),
         *[("note", n) for n in session.notes],
     ]:  # fmt: skip
