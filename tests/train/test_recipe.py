@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -247,6 +248,15 @@ def test_mixed_precision_auto_follows_the_hardware(setting: str, native: bool, e
     monkeypatch.setattr(load, "native_bf16", lambda: native)
     config = Config.model_validate({"train": {"mixed_precision": setting}})
     assert recipe._mixed_precision(config) == expected
+
+
+def test_onednn_kernel_cache_is_capped_unless_the_user_set_it(monkeypatch) -> None:
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    recipe._bound_onednn_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    recipe._bound_onednn_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
 
 
 def test_the_manifest_records_the_compute_precision(inputs: Path):

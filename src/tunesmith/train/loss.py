@@ -160,17 +160,10 @@ class _HeadLoss(torch.autograd.Function):
                 if need_bias:
                     grad_bias += dlogits.sum(0)
         ctx.save_for_backward(grad_rows, grad_weight, grad_bias)
-        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        ctx.dtypes = (rows.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_rows, grad_weight, grad_bias = ctx.saved_tensors
-        weight_dtype, bias_dtype = ctx.dtypes
-        return (_scaled(grad_rows, grad_total, grad_rows.dtype if grad_rows is not None else None),
-                _scaled(grad_weight, grad_total, weight_dtype), _scaled(grad_bias, grad_total, bias_dtype),
-                None, None, None, None)  # fmt: skip
-
-
-def _scaled(grad: torch.Tensor | None, by: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor | None:
-    return None if grad is None else (grad * by).to(dtype)
+        scaled = [None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        return *scaled, None, None, None, None
