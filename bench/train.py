@@ -70,14 +70,32 @@ BASELINES = {"trl-default": ("trl-default", "trl-default-bf16"), "trl-best": ("t
 # TRL settings on top of the shared workload; {} is TRL's defaults.
 TRL_VARIANTS: dict[str, dict[str, Any]] = {
     "trl-default": {},
-    "trl-best": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length", "assistant_only_loss": True},
+    "trl-best": {
+        "gradient_checkpointing": False,
+        "train_sampling_strategy": "group_by_length",
+        "assistant_only_loss": True,
+    },
     "trl-default-bf16": {"bf16": True},  # TRL's literal default with use_cpu=True: bf16 autocast
-    "trl-best-bf16": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length", "assistant_only_loss": True, "bf16": True},
+    "trl-best-bf16": {
+        "gradient_checkpointing": False,
+        "train_sampling_strategy": "group_by_length",
+        "assistant_only_loss": True,
+        "bf16": True,
+    },
     "trl-nogc": {"gradient_checkpointing": False},
-    "trl-rebalance": {"gradient_checkpointing": False, "train_sampling_strategy": "batch_rebalance", "assistant_only_loss": True},
+    "trl-rebalance": {
+        "gradient_checkpointing": False,
+        "train_sampling_strategy": "batch_rebalance",
+        "assistant_only_loss": True,
+    },
     # TRL refuses max_length with padding_free and no packing; no example here is longer than 400 tokens.
-    "trl-padfree": {"gradient_checkpointing": False, "padding_free": True, "assistant_only_loss": True, "max_length": None},
-}  # fmt: skip
+    "trl-padfree": {
+        "gradient_checkpointing": False,
+        "padding_free": True,
+        "assistant_only_loss": True,
+        "max_length": None,
+    },
+}
 TUNESMITH_PRECISION = {"tunesmith": "auto", "tunesmith-fp32": "fp32"}  # train.mixed_precision
 CONTENDERS = (*TRL_VARIANTS, *TUNESMITH_PRECISION)
 DEFAULT_CONTENDERS = ("trl-default", "trl-default-bf16", "trl-best", "trl-best-bf16", "tunesmith")
@@ -193,7 +211,9 @@ def heldout_loss(base: Path, result: Path | None, heldout: Path, batch: int = MI
     model.eval()
     examples = []
     for messages in read_jsonl(heldout):
-        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        enc = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         examples.append((enc["input_ids"], enc["assistant_masks"]))
     total, count = 0.0, 0
     with torch.no_grad():
@@ -242,8 +262,15 @@ class _Meter:
         if self.start is None or self.end is None:
             raise RuntimeError("no training step was measured: did the trainer's internals change?")
         wall, cpu = (b - a for a, b in zip(self.start, self.end))
-        return {"tokens": self.tokens, "slots": self.slots, "padding": 1 - self.tokens / self.slots, "train_s": wall,
-                "tokens_per_s": self.tokens / wall, "cpu_s": cpu, "tokens_per_cpu_s": self.tokens / cpu}  # fmt: skip
+        return {
+            "tokens": self.tokens,
+            "slots": self.slots,
+            "padding": 1 - self.tokens / self.slots,
+            "train_s": wall,
+            "tokens_per_s": self.tokens / wall,
+            "cpu_s": cpu,
+            "tokens_per_cpu_s": self.tokens / cpu,
+        }
 
 
 def run_trl(spec: dict[str, Any], out_dir: Path, meter: _Meter) -> Path:
@@ -255,16 +282,33 @@ def run_trl(spec: dict[str, Any], out_dir: Path, meter: _Meter) -> Path:
 
     base = Path(spec["model_dir"])
     workload = dict(
-        use_cpu=True, bf16=False, per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=ACCUMULATION,
-        num_train_epochs=1, learning_rate=LR[spec["method"]], lr_scheduler_type="cosine", warmup_steps=WARMUP,
-        max_grad_norm=1.0, weight_decay=0.0, max_length=MAX_LEN, seed=SEED, save_strategy="no", eval_strategy="no",
-        report_to="none", disable_tqdm=True,
-    )  # fmt: skip
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=MICRO_BATCH,
+        gradient_accumulation_steps=ACCUMULATION,
+        num_train_epochs=1,
+        learning_rate=LR[spec["method"]],
+        lr_scheduler_type="cosine",
+        warmup_steps=WARMUP,
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        max_length=MAX_LEN,
+        seed=SEED,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
     args = SFTConfig(output_dir=str(out_dir), **{**workload, **TRL_VARIANTS[spec["contender"]]})
     peft_config = None
     if spec["method"] == "lora":
-        peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                 target_modules=LORA["target_modules"], task_type="CAUSAL_LM")  # fmt: skip
+        peft_config = LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=LORA["target_modules"],
+            task_type="CAUSAL_LM",
+        )
     dataset = Dataset.from_list([{"messages": m} for m in read_jsonl(Path(spec["data_dir"]) / TRAIN_FILE)])
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
@@ -302,17 +346,31 @@ def run_tunesmith(spec: dict[str, Any], out_dir: Path, meter: _Meter) -> Path:
     from tunesmith.train import recipe
     from tunesmith.train.batching import padded_width
 
-    config = Config.model_validate({
-        "name": "bench", "runs_dir": str(out_dir),
-        "model": {"name_or_path": spec["model_dir"], "dtype": "float32"},
-        "data": {"path": str(Path(spec["data_dir"]) / POOL_FILE), "format": "messages", "max_seq_len": MAX_LEN},
-        "lora": LORA,
-        "train": {"method": spec["method"], "lr": LR[spec["method"]], "epochs": 1, "micro_batch": MICRO_BATCH,
-                  "effective_batch": MICRO_BATCH * ACCUMULATION, "warmup_ratio": WARMUP, "grad_clip": 1.0,
-                  "weight_decay": 0.0, "eval_every": 1.0, "early_stopping_patience": 0,
-                  "val_fraction": INTERNAL_VAL_FRACTION, "seed": SEED, "resume": "never",
-                  "mixed_precision": TUNESMITH_PRECISION[spec["contender"]]},
-    })  # fmt: skip
+    config = Config.model_validate(
+        {
+            "name": "bench",
+            "runs_dir": str(out_dir),
+            "model": {"name_or_path": spec["model_dir"], "dtype": "float32"},
+            "data": {"path": str(Path(spec["data_dir"]) / POOL_FILE), "format": "messages", "max_seq_len": MAX_LEN},
+            "lora": LORA,
+            "train": {
+                "method": spec["method"],
+                "lr": LR[spec["method"]],
+                "epochs": 1,
+                "micro_batch": MICRO_BATCH,
+                "effective_batch": MICRO_BATCH * ACCUMULATION,
+                "warmup_ratio": WARMUP,
+                "grad_clip": 1.0,
+                "weight_decay": 0.0,
+                "eval_every": 1.0,
+                "early_stopping_patience": 0,
+                "val_fraction": INTERNAL_VAL_FRACTION,
+                "seed": SEED,
+                "resume": "never",
+                "mixed_precision": TUNESMITH_PRECISION[spec["contender"]],
+            },
+        }
+    )
     accumulate, evaluate = recipe._accumulate, recipe._evaluate
 
     def counting_accumulate(loss_model, accelerator, window, *args, **kwargs):
@@ -345,8 +403,11 @@ def child(spec_path: Path) -> None:
     started = time.perf_counter()
     runner = run_tunesmith if spec["contender"] in TUNESMITH_PRECISION else run_trl
     saved = runner(spec, out_dir, meter)
-    row = {**meter.result(), "total_s": time.perf_counter() - started,
-           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # fmt: skip
+    row = {
+        **meter.result(),
+        "total_s": time.perf_counter() - started,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
     row["heldout_loss"] = heldout_loss(Path(spec["model_dir"]), saved, Path(spec["data_dir"]) / HELDOUT_FILE)
     Path(spec["result"]).write_text(json.dumps(row))
 
@@ -356,9 +417,15 @@ def child(spec_path: Path) -> None:
 
 def run_contender(preset: str, method: str, contender: str, data: Path, threads: int) -> dict[str, Any] | None:
     name = f"{preset}-{method}-{contender}"
-    spec = {"contender": contender, "method": method, "model_dir": str(model_dir(preset)), "data_dir": str(data),
-            "threads": threads, "out_dir": str(WORK / "runs" / name),
-            "result": str(WORK / "results" / f"{name}.json")}  # fmt: skip
+    spec = {
+        "contender": contender,
+        "method": method,
+        "model_dir": str(model_dir(preset)),
+        "data_dir": str(data),
+        "threads": threads,
+        "out_dir": str(WORK / "runs" / name),
+        "result": str(WORK / "results" / f"{name}.json"),
+    }
     spec_path = WORK / "results" / f"{name}.spec.json"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec))
@@ -368,13 +435,18 @@ def run_contender(preset: str, method: str, contender: str, data: Path, threads:
     env = {**os.environ, **threads_env}
     print(f"  {name} ...", end=" ", flush=True)
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(spec_path)], stdout=f, stderr=subprocess.STDOUT, env=env
+        )
     if proc.returncode != 0:  # reported, and the other contenders still run
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
         print(f"FAILED (exit {proc.returncode}); log {log}:\n{tail}", flush=True)
         return None
     row = json.loads(Path(spec["result"]).read_text())
-    print(f"{row['tokens_per_s']:,.0f} tok/s, {row['peak_rss_gb']:.2f} GB, held-out loss {row['heldout_loss']:.4f}", flush=True)
+    print(
+        f"{row['tokens_per_s']:,.0f} tok/s, {row['peak_rss_gb']:.2f} GB, held-out loss {row['heldout_loss']:.4f}",
+        flush=True,
+    )
     return {"model": preset, "method": method, "contender": contender, **row}
 
 
@@ -383,7 +455,11 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     (model, method); each baseline is the fastest of its precision variants that ran."""
     for row in rows:
         for name, variants in BASELINES.items():
-            group = [r for r in rows if (r["model"], r["method"]) == (row["model"], row["method"]) and r["contender"] in variants]
+            group = [
+                r
+                for r in rows
+                if (r["model"], r["method"]) == (row["model"], row["method"]) and r["contender"] in variants
+            ]
             if not group:
                 continue
             base = max(group, key=lambda r: r["tokens_per_s"])
@@ -450,7 +526,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="small", help="comma-separated presets: small, medium")
     p.add_argument("--methods", default="lora,full", help="comma-separated: lora, full")
-    p.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"comma-separated, from {', '.join(CONTENDERS)}")
+    p.add_argument(
+        "--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"comma-separated, from {', '.join(CONTENDERS)}"
+    )
     p.add_argument("--examples", type=int, default=320, help="training examples each contender sees (one epoch)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=1, help="rounds of all contenders; each keeps its fastest round")
@@ -461,8 +539,11 @@ def main() -> None:
         child(args.child)
         return
     models, methods, contenders = (s.split(",") for s in (args.models, args.methods, args.contenders))
-    unknown = [*sorted(set(contenders) - set(CONTENDERS)), *sorted(set(methods) - set(LR)),
-               *sorted(set(models) - {"small", "medium"})]  # fmt: skip
+    unknown = [
+        *sorted(set(contenders) - set(CONTENDERS)),
+        *sorted(set(methods) - set(LR)),
+        *sorted(set(models) - {"small", "medium"}),
+    ]
     if unknown:
         p.error(f"unknown names {unknown}")
     if args.repeats < 1:
@@ -474,7 +555,9 @@ def main() -> None:
     for preset in models:
         data = prepare_data(preset, args.examples)
         base_losses[preset] = heldout_loss(model_dir(preset), None, data / HELDOUT_FILE)
-        print(f"{preset}: {args.examples} examples from {data}, held-out loss before training {base_losses[preset]:.4f}")
+        print(
+            f"{preset}: {args.examples} examples from {data}, held-out loss before training {base_losses[preset]:.4f}"
+        )
         for method in methods:
             # Rounds go through every contender in turn, so a burst of someone else's work on the
             # machine hits one round of one contender, and its other rounds still count.
@@ -495,13 +578,29 @@ def main() -> None:
     print(f"{minutes:.1f} minutes; contenders ran back to back on a shared machine: compare within this run only")
     from tunesmith.runs import write_json
 
-    write_json(args.out, {
-        "rows": rows, "failed": failed, "heldout_loss_before": base_losses, "minutes": minutes,
-        "settings": {"examples": args.examples, "threads": args.threads, "repeats": args.repeats,
-                     "micro_batch": MICRO_BATCH, "accumulation": ACCUMULATION, "max_len": MAX_LEN, "lr": LR,
-                     "lora": LORA, "warmup": WARMUP, "trl_variants": TRL_VARIANTS},
-        "versions": versions(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-    })  # fmt: skip
+    write_json(
+        args.out,
+        {
+            "rows": rows,
+            "failed": failed,
+            "heldout_loss_before": base_losses,
+            "minutes": minutes,
+            "settings": {
+                "examples": args.examples,
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "micro_batch": MICRO_BATCH,
+                "accumulation": ACCUMULATION,
+                "max_len": MAX_LEN,
+                "lr": LR,
+                "lora": LORA,
+                "warmup": WARMUP,
+                "trl_variants": TRL_VARIANTS,
+            },
+            "versions": versions(),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        },
+    )
     print(f"results: {args.out}")
     if failed:
         sys.exit(f"failed: {', '.join(failed)} (logs in {WORK / 'results'})")

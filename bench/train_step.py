@@ -83,9 +83,15 @@ def build_model(method: str, dtype: torch.dtype) -> torch.nn.Module:
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        hidden_size=288, intermediate_size=768, num_hidden_layers=6, num_attention_heads=6,
-        num_key_value_heads=6, vocab_size=32000, tie_word_embeddings=True, max_position_embeddings=2048,
-    )  # fmt: skip
+        hidden_size=288,
+        intermediate_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        vocab_size=32000,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    )
     model = LlamaForCausalLM(cfg).to(dtype)
     if method == "lora":
         from peft import LoraConfig, get_peft_model

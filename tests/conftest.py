@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-FIXTURE_TOKENIZERS = ["qwen2.5-instruct", "llama-3.2-instruct", "phi-3-mini-instruct", "mistral-7b-instruct-v0.3", "tinyllama-1.1b-chat"]
+FIXTURE_TOKENIZERS = [
+    "qwen2.5-instruct",
+    "llama-3.2-instruct",
+    "phi-3-mini-instruct",
+    "mistral-7b-instruct-v0.3",
+    "tinyllama-1.1b-chat",
+]
 
 
 @pytest.fixture(scope="session")

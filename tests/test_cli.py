@@ -13,7 +13,12 @@ from tunesmith.cli.main import app
 
 runner = CliRunner()
 
-GOOD = {"messages": [{"role": "user", "content": "How many orders?"}, {"role": "assistant", "content": "SELECT COUNT(*) FROM orders;"}]}
+GOOD = {
+    "messages": [
+        {"role": "user", "content": "How many orders?"},
+        {"role": "assistant", "content": "SELECT COUNT(*) FROM orders;"},
+    ]
+}
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -66,14 +71,34 @@ def test_bad_config_exits_2(tmp_path: Path):
 
 def test_clean_with_an_unknown_drop_code_exits_2(tmp_path: Path):
     src = _write(tmp_path / "d.jsonl", [GOOD])
-    result = runner.invoke(app, ["data", "clean", str(src), "-o", str(tmp_path / "c.jsonl"), "--rejects", str(tmp_path / "r.jsonl"), "--drop", "refusal,typo"])
-    assert result.exit_code == 2 and "unknown finding codes ['typo']" in result.output and "Traceback" not in result.output
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "clean",
+            str(src),
+            "-o",
+            str(tmp_path / "c.jsonl"),
+            "--rejects",
+            str(tmp_path / "r.jsonl"),
+            "--drop",
+            "refusal,typo",
+        ],
+    )
+    assert (
+        result.exit_code == 2 and "unknown finding codes ['typo']" in result.output and "Traceback" not in result.output
+    )
 
 
 def test_clean_accounts_for_every_row(tmp_path: Path):
     src = _write(tmp_path / "d.jsonl", [GOOD, GOOD, "{broken"])
-    result = runner.invoke(app, ["data", "clean", str(src), "-o", str(tmp_path / "c.jsonl"), "--rejects", str(tmp_path / "r.jsonl")])
+    result = runner.invoke(
+        app, ["data", "clean", str(src), "-o", str(tmp_path / "c.jsonl"), "--rejects", str(tmp_path / "r.jsonl")]
+    )
     assert result.exit_code == 0, result.output
     rejects = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 1
-    assert sorted((r["line"], r["reasons"][0]["code"]) for r in rejects) == [(2, "exact_duplicate"), (3, "invalid_json")]
+    assert sorted((r["line"], r["reasons"][0]["code"]) for r in rejects) == [
+        (2, "exact_duplicate"),
+        (3, "invalid_json"),
+    ]

@@ -73,16 +73,34 @@ def test_database_is_deterministic_and_shaped_like_a_shop(tmp_path: Path, db_pat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
     db = sqlite3.connect(db_path)
-    count = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("customers", "products", "orders", "order_items")}
+    count = {
+        t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("customers", "products", "orders", "order_items")
+    }
     assert 300 <= count["customers"] <= 1000 and 80 <= count["products"] <= 200
     assert count["order_items"] > count["orders"] >= 1000
-    assert db.execute("SELECT COUNT(*) FROM order_items oi LEFT JOIN orders o ON o.id = oi.order_id WHERE o.id IS NULL").fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM order_items oi LEFT JOIN orders o ON o.id = oi.order_id WHERE o.id IS NULL"
+        ).fetchone()[0]
+        == 0
+    )
     # Orders come after sign-up, dates are ISO, prices positive, and "never" questions have answers.
-    assert db.execute("SELECT COUNT(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.order_date < c.signup_date").fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.order_date < c.signup_date"
+        ).fetchone()[0]
+        == 0
+    )
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", d) for (d,) in db.execute("SELECT order_date FROM orders"))
     assert db.execute("SELECT MIN(price) > 0, MIN(unit_price) > 0 FROM products, order_items").fetchone() == (1, 1)
-    assert db.execute("SELECT COUNT(*) FROM customers WHERE id NOT IN (SELECT customer_id FROM orders)").fetchone()[0] > 0
-    assert db.execute("SELECT COUNT(*) FROM products WHERE id NOT IN (SELECT product_id FROM order_items)").fetchone()[0] > 0
+    assert (
+        db.execute("SELECT COUNT(*) FROM customers WHERE id NOT IN (SELECT customer_id FROM orders)").fetchone()[0] > 0
+    )
+    assert (
+        db.execute("SELECT COUNT(*) FROM products WHERE id NOT IN (SELECT product_id FROM order_items)").fetchone()[0]
+        > 0
+    )
     assert db.execute("SELECT COUNT(*) FROM customers WHERE last_name LIKE '%''%'").fetchone()[0] > 0  # quoting matters
 
 
@@ -173,8 +191,23 @@ def test_variety(rows: list) -> None:
     assert 0.08 * len(clean) <= multi_turn <= 0.25 * len(clean)
     assert len({r["messages"][1]["content"].lower() for r in clean}) >= 0.9 * len(clean)
     sql = "\n".join(m["content"] for r in clean for m in r["messages"] if m["role"] == "assistant")
-    for feature in ("JOIN", "LEFT JOIN", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "COUNT(", "SUM(", "AVG(", "MAX(",
-                    "DISTINCT", "BETWEEN", "strftime", "(SELECT", "''"):  # fmt: skip
+    for feature in (
+        "JOIN",
+        "LEFT JOIN",
+        "GROUP BY",
+        "HAVING",
+        "ORDER BY",
+        "LIMIT",
+        "COUNT(",
+        "SUM(",
+        "AVG(",
+        "MAX(",
+        "DISTINCT",
+        "BETWEEN",
+        "strftime",
+        "(SELECT",
+        "''",
+    ):
         assert feature in sql, feature
 
 
@@ -184,8 +217,10 @@ def test_write_example_writes_both_files_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([DB_FILE, CONVERSATIONS_FILE])
     lines = jsonl.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 120
-    assert lines == [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False, separators=(",", ":"))
-                     for r in generate_conversations(db_path, n=120, seed=3)]  # fmt: skip
+    assert lines == [
+        r if isinstance(r, str) else json.dumps(r, ensure_ascii=False, separators=(",", ":"))
+        for r in generate_conversations(db_path, n=120, seed=3)
+    ]
 
 
 def test_write_conversations_keeps_raw_lines_raw(tmp_path: Path) -> None:

@@ -119,6 +119,67 @@ class TrainConfig(Section):
         return 2e-5 if self.method == "full" else 2e-4
 
 
+class GenerationConfig(Section):
+    """How answers are generated for evaluation, comparison and serving."""
+
+    max_new_tokens: int = Field(256, gt=0)
+    """Tokens per answer at most; an answer that hits it without a stop token is reported."""
+    temperature: float = Field(0.0, ge=0)
+    """0: greedy decoding (the default: evaluation should be repeatable)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(16, gt=0)
+    """Prompts per batched `generate` call (left-padded, KV cache)."""
+
+
+class SqlSuiteConfig(Section):
+    db: str | None = None
+    """SQLite file or SQLAlchemy URL (`postgresql://...`) the predicted and reference SQL run on."""
+    db_dir: str | None = None
+    """Resolves a row's `db` field as DIR/<db>/<db>.sqlite (Spider layout) or DIR/<db>.sqlite."""
+    lenient: bool = False
+    """Also accept a prediction whose columns are a superset of the reference's (defog sql-eval's rule)."""
+    timeout_s: float = Field(5.0, gt=0)
+    """Per query; a runaway query (a recursive CTE that never ends) is stopped and counted as failed."""
+    max_rows: int = Field(10_000, gt=0)
+    """Rows fetched per query at most."""
+
+
+class JudgeConfig(Section):
+    url: str | None = None
+    """Base URL of an OpenAI-compatible endpoint (`.../v1`); the API key comes from the environment
+    (TUNESMITH_JUDGE_API_KEY or OPENAI_API_KEY) and is never written anywhere."""
+    model: str | None = None
+    rubric: str | None = None
+    """YAML file of criteria (name: definition of 1..5); None: accuracy, format compliance, tone."""
+    concurrency: int = Field(4, gt=0)
+    max_retries: int = Field(3, ge=0)
+    """Retries (with backoff) on 429 and 5xx answers."""
+
+
+class RegressionConfig(Section):
+    enabled: bool = True
+    """Compare base and tuned on general prompts unrelated to the task (catastrophic forgetting)."""
+    prompts: str | None = None
+    """Messages JSONL with reference answers; None: the set tunesmith ships."""
+
+
+class EvalConfig(Section):
+    split: Literal["test", "val"] = "test"
+    """Which held-out split `tunesmith eval RUN_DIR` generates answers for."""
+    limit: int | None = Field(None, gt=0)
+    """Examples at most (the first ones of the split); None: all."""
+    suites: list[str] = Field(default_factory=list)
+    """Scoring suites by name (sql, json, code, exact, regex, contains, judge)."""
+    base: bool = True
+    """Also generate with the base model, for the before/after comparison."""
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    sql: SqlSuiteConfig = Field(default_factory=SqlSuiteConfig)
+    json_schema: str | None = None
+    """JSON Schema file the `json` suite validates outputs against."""
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    regression: RegressionConfig = Field(default_factory=RegressionConfig)
+
+
 class Config(Section):
     name: str = "text2sql-demo"
     runs_dir: str = "runs"
@@ -126,6 +187,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> Path:

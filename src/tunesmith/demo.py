@@ -49,7 +49,9 @@ def run_demo(*, train: bool = True, console: Console | None = None) -> Config:
     write_report_json(report, data_dir / "report.json")
 
     console.print(Rule("2. data clean: every row kept or rejected with its reasons"))
-    cleaned = clean_file(config.data.path, data_dir / "clean.jsonl", data_dir / "rejects.jsonl", config=config.data, tokenizer=tokenizer)
+    cleaned = clean_file(
+        config.data.path, data_dir / "clean.jsonl", data_dir / "rejects.jsonl", config=config.data, tokenizer=tokenizer
+    )
     console.print(cleaned.summary())
 
     if train:

@@ -27,6 +27,15 @@ SUMMARY_FILE = "train_summary.json"
 TENSORBOARD_DIR = "tensorboard"
 LOSS_PLOT = "loss.png"  # in PLOTS_DIR
 LENGTHS_PLOT_FILE = "token_lengths.png"  # written by `data check` beside its report
+# Stages after training; each writes only under its own name (the "why" of each file is in its module).
+SPLIT_DIR = "split"  # in DATA_DIR: train.jsonl, val.jsonl, test.jsonl, split_report.json
+SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
+SPLIT_REPORT_FILE = "split_report.json"
+PLAN_FILE = "plan.json"
+EVAL_DIR = "eval"  # tuned.jsonl, base.jsonl, summary.json (see tunesmith.evaluate)
+EVAL_SUMMARY_FILE = "summary.json"
+COMPARE_DIR = "compare"
+REPORT_FILE = "report.html"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -44,7 +44,11 @@ UNREADABLE = {
     "json_scalar": ("a.json", b'"hello"', "single JSON value"),
     "invalid_utf8_json": ("a.json", b'[\n{"prompt": "caf\xe9", "completion": "x"}]', "not valid UTF-8"),
     "not_parquet": ("a.parquet", b"PAR1 but not really", "Parquet"),
-    "pretty_printed_jsonl": ("a.jsonl", json.dumps([GOOD], indent=2).encode(), "no row is a JSON object (line 1: not valid JSON"),
+    "pretty_printed_jsonl": (
+        "a.jsonl",
+        json.dumps([GOOD], indent=2).encode(),
+        "no row is a JSON object (line 1: not valid JSON",
+    ),
     "csv_repeated_header": ("a.csv", b"prompt,prompt\nq,a\n", "repeated"),
 }
 

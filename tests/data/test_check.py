@@ -12,9 +12,9 @@ from rich.console import Console
 from tests.conftest import fixture_tokenizer_dir
 from tunesmith.config import DataConfig
 from tunesmith.data.check import FILE_ROW, check_file
-from tunesmith.runs import LENGTHS_PLOT_FILE
 from tunesmith.data.report import print_report, verdict, write_report_json
 from tunesmith.data.schema import DataError
+from tunesmith.runs import LENGTHS_PLOT_FILE
 
 SYSTEM = {"role": "system", "content": "You write SQL."}
 
@@ -39,7 +39,9 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def chat(q: str, a: str, system: bool = True) -> dict:
-    return {"messages": ([SYSTEM] if system else []) + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+    return {
+        "messages": ([SYSTEM] if system else []) + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    }
 
 
 def test_openai_cookbook_flawed_file(shared_fixtures: Path, qwen, tmp_path: Path) -> None:
@@ -57,13 +59,19 @@ def test_openai_cookbook_flawed_file(shared_fixtures: Path, qwen, tmp_path: Path
 
 
 def test_a_longer_limit_unblocks_the_cookbook_file(shared_fixtures: Path, qwen) -> None:
-    report = check_file(shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl", config=DataConfig(max_seq_len=16384), tokenizer=qwen)
+    report = check_file(
+        shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl", config=DataConfig(max_seq_len=16384), tokenizer=qwen
+    )
     assert not report.blocking
     assert "too_long" not in report.counts and "answer_truncated" not in report.counts
 
 
 def test_without_a_tokenizer_token_checks_are_skipped_and_said(shared_fixtures: Path, tmp_path: Path) -> None:
-    report = check_file(shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl", config=DataConfig(max_seq_len=2048), plot_dir=tmp_path)
+    report = check_file(
+        shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl",
+        config=DataConfig(max_seq_len=2048),
+        plot_dir=tmp_path,
+    )
     assert by_row(report) == {3: {"no_system_message"}, 4: {"no_user_message"}}
     assert not report.blocking and "tokens" not in report.stats and report.plot is None
     assert any("tokenizer" in note for note in report.notes)
@@ -94,7 +102,9 @@ def test_fastchat_dummy_near_duplication_is_found(shared_fixtures: Path) -> None
 
 
 def test_glaive_toolcall_refusals_duplicates_and_a_cut_answer(shared_fixtures: Path, qwen) -> None:
-    report = check_file(shared_fixtures / "data" / "sharegpt_glaive_toolcall.json", config=DataConfig(max_seq_len=2048), tokenizer=qwen)
+    report = check_file(
+        shared_fixtures / "data" / "sharegpt_glaive_toolcall.json", config=DataConfig(max_seq_len=2048), tokenizer=qwen
+    )
     assert report.counts["refusal"] >= 30 and report.counts["exact_duplicate"] >= 30
     assert by_row(report)[244] >= {"too_long", "answer_truncated"}
     exact = {f.source.row: f.group for f in report.findings if f.code == "exact_duplicate"}
@@ -105,7 +115,9 @@ def test_tokenizer_findings_are_reported_once_on_row_0(shared_fixtures: Path) ->
     from tunesmith.data.template import load_tokenizer
 
     phi3 = load_tokenizer(fixture_tokenizer_dir("phi-3-mini-instruct"))
-    report = check_file(shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl", config=DataConfig(max_seq_len=2048), tokenizer=phi3)
+    report = check_file(
+        shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl", config=DataConfig(max_seq_len=2048), tokenizer=phi3
+    )
     whole_file = [f for f in report.findings if f.source.row == FILE_ROW]
     assert {f.code for f in whole_file} >= {"stop_token_mismatch"}
     assert report.counts["stop_token_mismatch"] == 1
@@ -116,7 +128,11 @@ def test_a_row_the_template_rejects_is_a_row_finding(shared_fixtures: Path) -> N
     from tunesmith.data.template import load_tokenizer
 
     mistral = load_tokenizer(fixture_tokenizer_dir("mistral-7b-instruct-v0.3"))
-    report = check_file(shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl", config=DataConfig(max_seq_len=2048), tokenizer=mistral)
+    report = check_file(
+        shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl",
+        config=DataConfig(max_seq_len=2048),
+        tokenizer=mistral,
+    )
     assert "template_error" in by_row(report)[4]  # system then assistant: "must start with a user message"
     assert report.stats["encoded_rows"] == 4
 
@@ -131,9 +147,16 @@ def test_every_flaw_in_one_small_file(tmp_path: Path, qwen) -> None:
         chat("Which orders shipped?", "   "),
         chat("how many   CUSTOMERS are there?", "select count(*) from customers;"),  # exact duplicate of row 1
         chat(long_question, "SELECT * FROM customers;"),  # the answer falls beyond the cut
-        {"messages": [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "SELECT 1;"},
-                      {"role": "user", "content": long_question}, {"role": "assistant", "content": "SELECT 2;", "weight": 0}]},
-    ]  # fmt: skip
+        {
+            "messages": [
+                SYSTEM,
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "SELECT 1;"},
+                {"role": "user", "content": long_question},
+                {"role": "assistant", "content": "SELECT 2;", "weight": 0},
+            ]
+        },
+    ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     report = check_file(path, config=DataConfig(max_seq_len=512), tokenizer=qwen)
     assert by_row(report) == {
@@ -151,7 +174,13 @@ def test_every_flaw_in_one_small_file(tmp_path: Path, qwen) -> None:
 
 
 def test_clean_file_passes(tmp_path: Path, qwen) -> None:
-    path = write_jsonl(tmp_path / "ok.jsonl", [chat(f"How many orders in {y}?", f"SELECT COUNT(*) FROM orders WHERE order_date LIKE '{y}%';") for y in range(2000, 2010)])
+    path = write_jsonl(
+        tmp_path / "ok.jsonl",
+        [
+            chat(f"How many orders in {y}?", f"SELECT COUNT(*) FROM orders WHERE order_date LIKE '{y}%';")
+            for y in range(2000, 2010)
+        ],
+    )
     report = check_file(path, config=DataConfig(max_seq_len=512), tokenizer=qwen)
     assert report.findings == [] and not report.blocking and report.exit_code == 0
     assert verdict(report).startswith("OK")
@@ -166,7 +195,12 @@ def test_unreadable_input_raises_data_error(tmp_path: Path) -> None:
 
 
 def test_json_and_console_reports(tmp_path: Path, shared_fixtures: Path, qwen) -> None:
-    report = check_file(shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl", config=DataConfig(max_seq_len=2048), tokenizer=qwen, plot_dir=tmp_path)
+    report = check_file(
+        shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl",
+        config=DataConfig(max_seq_len=2048),
+        tokenizer=qwen,
+        plot_dir=tmp_path,
+    )
     write_report_json(report, tmp_path / "report.json")
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["blocking"] is True and data["counts"]["answer_truncated"] == 1
@@ -177,5 +211,12 @@ def test_json_and_console_reports(tmp_path: Path, shared_fixtures: Path, qwen) -
     console = Console(record=True, width=200)
     print_report(report, console)
     text = console.export_text()
-    for expected in ("answer_truncated", "error", "openai_toy_chat_flawed.jsonl:5 messages[2].content", "median", LENGTHS_PLOT_FILE, "BLOCKED"):
+    for expected in (
+        "answer_truncated",
+        "error",
+        "openai_toy_chat_flawed.jsonl:5 messages[2].content",
+        "median",
+        LENGTHS_PLOT_FILE,
+        "BLOCKED",
+    ):
         assert expected in text

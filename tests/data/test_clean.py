@@ -37,7 +37,9 @@ def flawed(tmp_path: Path) -> Path:
         chat("Orders?", ""),  # 7: empty answer
         chat(NEAR_Q, "SELECT 1;"),  # 8
         chat(NEAR_Q.replace("Which", "What"), "SELECT 1;"),  # 9: near duplicate of 8 (kept by default)
-        {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "hello"}]},  # 10: unknown role
+        {
+            "messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        },  # 10: unknown role
         "[1, 2]",  # 11: not an object
     ]
     path = tmp_path / "in.jsonl"
@@ -61,7 +63,11 @@ def test_every_row_lands_in_exactly_one_output(flawed: Path, tmp_path: Path) -> 
         10: ["unknown_role"],
         11: ["not_an_object"],
     }
-    assert [r["messages"][1]["content"] for r in kept] == ["How many customers?", NEAR_Q, NEAR_Q.replace("Which", "What")]
+    assert [r["messages"][1]["content"] for r in kept] == [
+        "How many customers?",
+        NEAR_Q,
+        NEAR_Q.replace("Which", "What"),
+    ]
     assert kept[0]["id"] == "a"  # metadata survives
 
 
@@ -91,7 +97,13 @@ def test_a_duplicate_stands_in_when_its_first_row_is_rejected(tmp_path: Path) ->
     ]
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    clean_file(path, tmp_path / "c.jsonl", tmp_path / "r.jsonl", config=DataConfig(near_dup_threshold=0.7), drop=["placeholder", "near_duplicate"])
+    clean_file(
+        path,
+        tmp_path / "c.jsonl",
+        tmp_path / "r.jsonl",
+        config=DataConfig(near_dup_threshold=0.7),
+        drop=["placeholder", "near_duplicate"],
+    )
     assert [r["line"] for r in read_jsonl(tmp_path / "r.jsonl")] == [1, 3]
     assert len(read_jsonl(tmp_path / "c.jsonl")) == 1
 
@@ -110,7 +122,9 @@ def test_with_a_tokenizer_cut_answers_are_dropped(shared_fixtures: Path, tmp_pat
 
     tok = load_tokenizer(fixture_tokenizer_dir("qwen2.5-instruct"))
     src = shared_fixtures / "data" / "openai_toy_chat_flawed.jsonl"
-    result = clean_file(src, tmp_path / "c.jsonl", tmp_path / "r.jsonl", config=DataConfig(max_seq_len=2048), tokenizer=tok)
+    result = clean_file(
+        src, tmp_path / "c.jsonl", tmp_path / "r.jsonl", config=DataConfig(max_seq_len=2048), tokenizer=tok
+    )
     assert (result.rows_read, result.kept, result.rejected) == (5, 4, 1)
     [reject] = read_jsonl(tmp_path / "r.jsonl")
     assert reject["line"] == 5 and [r["code"] for r in reject["reasons"]] == ["answer_truncated"]

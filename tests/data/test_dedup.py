@@ -36,8 +36,14 @@ def conv(row: int, *turns: tuple[str, str]) -> Conversation:
 
 
 def test_exact_key_folds_case_and_spacing_only() -> None:
-    a = [{"role": "user", "content": "How many  Orders?"}, {"role": "assistant", "content": "SELECT COUNT(*) FROM orders;"}]
-    b = [{"role": "user", "content": " how many orders? "}, {"role": "assistant", "content": "select count(*)\nfrom orders;"}]
+    a = [
+        {"role": "user", "content": "How many  Orders?"},
+        {"role": "assistant", "content": "SELECT COUNT(*) FROM orders;"},
+    ]
+    b = [
+        {"role": "user", "content": " how many orders? "},
+        {"role": "assistant", "content": "select count(*)\nfrom orders;"},
+    ]
     assert exact_key(a) == exact_key(b)
     assert exact_key(a) != exact_key([{"role": "system", "content": "How many Orders?"}, a[1]])  # roles count
     calls = [{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}]
@@ -65,7 +71,10 @@ def test_find_duplicates_flags_later_rows_with_the_first_row_as_group() -> None:
 def test_a_shared_system_prompt_is_not_duplication() -> None:
     rng = random.Random(1)
     schema = " ".join(words(300, rng))  # a long schema in every row dominates the text
-    rows = [conv(i + 1, ("system", schema), ("user", " ".join(words(12, rng))), ("assistant", " ".join(words(12, rng)))) for i in range(50)]
+    rows = [
+        conv(i + 1, ("system", schema), ("user", " ".join(words(12, rng))), ("assistant", " ".join(words(12, rng))))
+        for i in range(50)
+    ]
     dups = find_duplicates(rows, 0.85)
     assert dups.exact == [] and dups.near == []
 
@@ -128,8 +137,13 @@ def test_same_groups_in_another_process_with_another_hash_seed(tmp_path) -> None
         "t = json.load(open(sys.argv[1])); print(json.dumps([near_duplicate_groups(t, 0.8), int(_signatures(t).sum())]))"
     )
     runs = [
-        subprocess.run([sys.executable, "-c", script, str(tmp_path / "texts.json")], capture_output=True, text=True, check=True,
-                       env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "texts.json")],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+        ).stdout
         for seed in ("1", "2")
     ]
     assert runs[0] == runs[1]

@@ -99,7 +99,10 @@ def test_glaive_tool_calls_become_openai_tool_calls(shared_fixtures: Path):
 
 
 def test_fastchat_id_is_kept():
-    record = {"id": "identity_0", "conversations": [{"from": "human", "value": "Who?"}, {"from": "gpt", "value": "Me."}]}
+    record = {
+        "id": "identity_0",
+        "conversations": [{"from": "human", "value": "Who?"}, {"from": "gpt", "value": "Me."}],
+    }
     conv = conversation(record, "sharegpt")
     assert conv.id == "identity_0" and conv.metadata == {}
 
@@ -130,7 +133,9 @@ def test_alpaca_with_system_history_and_input():
 
 def test_alpaca_back_and_forth_keeps_the_messages_even_with_blank_lines():
     for user in ["a\n\nb\n\nc", "a\n\n", "\n\nb", "plain"]:
-        conv = conversation({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": "x"}]}, "messages")
+        conv = conversation(
+            {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": "x"}]}, "messages"
+        )
         again = conversation(to_format(conv, "alpaca"), "alpaca")
         assert again.messages == conv.messages
 
@@ -156,7 +161,10 @@ def test_sharegpt_system_tools_and_parallel_calls_round_trip():
 
 
 def test_sharegpt_tools_as_list_are_accepted():
-    record = {"tools": [{"name": "f"}], "conversations": [{"from": "user", "value": "q"}, {"from": "assistant", "value": "a"}]}
+    record = {
+        "tools": [{"name": "f"}],
+        "conversations": [{"from": "user", "value": "q"}, {"from": "assistant", "value": "a"}],
+    }
     conv = conversation(record, "sharegpt")
     assert conv.tools == [{"type": "function", "function": {"name": "f"}}]
     assert [m["role"] for m in conv.messages] == ["user", "assistant"]
@@ -170,7 +178,11 @@ def test_sharegpt_tools_as_list_are_accepted():
         ({"conversations": [{"from": "human", "value": "x", "lang": "en"}]}, "conversations[0]", "lang"),
         ({"conversations": [{"from": "observation", "value": "x"}]}, "conversations[0].from", "function_call"),
         ({"conversations": [{"from": "function_call", "value": "{not json"}]}, "conversations[0].value", "JSON"),
-        ({"conversations": [{"from": "function_call", "value": '{"arguments": {}}'}]}, "conversations[0].value", "name"),
+        (
+            {"conversations": [{"from": "function_call", "value": '{"arguments": {}}'}]},
+            "conversations[0].value",
+            "name",
+        ),
         ({"conversations": "hi"}, "conversations", "list"),
         ({"conversations": [], "tools": "[{"}, "tools", "JSON"),
         ({"conversations": [], "tools": [1]}, "tools[0]", "name"),
@@ -202,7 +214,10 @@ def test_prompt_completion_strings_aliases_and_trl_conversational_form():
     assert [m["role"] for m in conv.messages] == ["user", "assistant"] and conv.id == "q1"
     assert to_format(conv, "prompt-completion") == record
     assert conversation({"question": "2+2?", "answer": "4"}, "prompt-completion").messages == conv.messages
-    trl = {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}
+    trl = {
+        "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+        "completion": [{"role": "assistant", "content": "a"}],
+    }
     conv = conversation(trl, "prompt-completion")
     assert [m["role"] for m in conv.messages] == ["system", "user", "assistant"]
     assert to_format(conv, "prompt-completion") == trl
@@ -211,7 +226,14 @@ def test_prompt_completion_strings_aliases_and_trl_conversational_form():
 def test_to_format_refuses_what_the_target_cannot_hold():
     call = {"id": "call00000", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     conv = conversation(
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "content": "1", "tool_call_id": "call00000"}, {"role": "assistant", "content": "a"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "content": "1", "tool_call_id": "call00000"},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
         "messages",
     )
     with pytest.raises(ValueError, match="alpaca"):
@@ -281,7 +303,10 @@ def test_json_extension_holding_jsonl_and_sniffed_extensions(tmp_path: Path):
 def test_parquet_rows_keep_their_position(tmp_path: Path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    records = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}], "id": f"r{i}"} for i in range(5)]
+    records = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}], "id": f"r{i}"}
+        for i in range(5)
+    ]
     path = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pylist(records), path, row_group_size=2)
     fmt, rows = read_rows(path)
@@ -295,7 +320,13 @@ def test_parquet_rows_keep_their_position(tmp_path: Path):
 def test_convert_file_writes_valid_messages_and_reports_what_it_skipped(tmp_path: Path):
     good = [{"instruction": f"q{i}", "input": "", "output": f"a{i}", "id": f"r{i}"} for i in range(3)]
     path = tmp_path / "in.jsonl"
-    lines = [json.dumps(good[0]), "{not json", json.dumps({"instruction": "q", "output": 3}), json.dumps(good[1]), json.dumps(good[2])]
+    lines = [
+        json.dumps(good[0]),
+        "{not json",
+        json.dumps({"instruction": "q", "output": 3}),
+        json.dumps(good[1]),
+        json.dumps(good[2]),
+    ]
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out" / "messages.jsonl"
     result = convert_file(path, out)

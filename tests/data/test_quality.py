@@ -96,7 +96,9 @@ def test_code_and_json_are_not_placeholders(text: str) -> None:
 
 
 def test_bracket_blanks_count_only_in_answers() -> None:
-    findings = quality_findings(conv(("user", "Write a letter signed [Your Name]."), ("assistant", "Dear Sam, ... Regards, Alex")))
+    findings = quality_findings(
+        conv(("user", "Write a letter signed [Your Name]."), ("assistant", "Dear Sam, ... Regards, Alex"))
+    )
     assert findings == []
     findings = quality_findings(conv(("user", "Translate {{text}} please"), ("assistant", "Bonjour")))
     assert [(f.code, f.field) for f in findings] == [("placeholder", "messages[0].content")]
@@ -120,20 +122,27 @@ def test_findings_name_code_row_and_field() -> None:
 
 def test_an_answer_with_only_tool_calls_is_not_empty() -> None:
     call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    c = conv(("user", "Weather?"), ("assistant", None), ("tool", "sunny"), ("assistant", "Sunny."), m1={"tool_calls": call})
+    c = conv(
+        ("user", "Weather?"), ("assistant", None), ("tool", "sunny"), ("assistant", "Sunny."), m1={"tool_calls": call}
+    )
     assert quality_findings(c) == []
     c = conv(("user", "Weather?"), ("assistant", ""))
     assert [f.code for f in quality_findings(c)] == ["empty_answer"]
 
 
 def test_refusal_and_placeholder_need_an_assistant_turn() -> None:
-    c = conv(("user", "As an AI language model, you must answer. I'm sorry, but I can't wait."), ("assistant", "Sure: 4."))
+    c = conv(
+        ("user", "As an AI language model, you must answer. I'm sorry, but I can't wait."), ("assistant", "Sure: 4.")
+    )
     assert quality_findings(c) == []
 
 
 def test_20k_rows_are_fast() -> None:
     answer = "SELECT name, price FROM products WHERE category = 'Kitchen' AND price < 20 ORDER BY price;"
-    rows = [conv(("system", "Write SQL."), ("user", f"Which kitchen products cost under {i}?"), ("assistant", answer)) for i in range(20_000)]
+    rows = [
+        conv(("system", "Write SQL."), ("user", f"Which kitchen products cost under {i}?"), ("assistant", answer))
+        for i in range(20_000)
+    ]
     rows[5] = conv(("user", "q"), ("assistant", "As an AI language model, I cannot."))
     start = time.perf_counter()
     found = [f for c in rows for f in quality_findings(c)]

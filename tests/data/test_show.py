@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from rich.console import Console
@@ -25,7 +25,7 @@ CHAT = [
 ]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer(name: str):
     return AutoTokenizer.from_pretrained(fixture_tokenizer_dir(name))
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import copy
 import re
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import FIXTURE_TOKENIZERS, fixture_tokenizer_dir
 from tunesmith.data import template as template_module
-from tunesmith.data.schema import CODES, Conversation, Source, Severity
+from tunesmith.data.schema import CODES, Conversation, Severity, Source
 from tunesmith.data.template import (
     DEFAULT_CHAT_TEMPLATE,
     IGNORE_INDEX,
@@ -73,7 +73,7 @@ DROPPING_TEMPLATE = (
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer(name: str):
     return AutoTokenizer.from_pretrained(fixture_tokenizer_dir(name))
 
@@ -194,12 +194,28 @@ def test_whitespace_around_an_answer_and_the_header_token(name):
     assert enc.input_ids == tok.apply_chat_template(messages, tokenize=True, return_dict=False)
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 TOOL_CHAT = [
     {"role": "user", "content": "What is the weather in Oslo?"},
-    {"role": "assistant", "tool_calls": [{"id": "call00001", "type": "function",
-                                          "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+    {
+        "role": "assistant",
+        "tool_calls": [
+            {
+                "id": "call00001",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+            }
+        ],
+    },
     {"role": "tool", "tool_call_id": "call00001", "content": '{"sky": "snow"}'},
     {"role": "assistant", "content": "It is snowing in Oslo."},
 ]
@@ -212,7 +228,7 @@ def test_tool_calls_train_the_rendered_call(name):
     call, answer = trained_runs(enc, tok)
     assert "get_weather" in call and '{"city": "Oslo"}' in call  # arguments as JSON, not a quoted string
     assert call.endswith(TERMINATOR[name]) and answer == "It is snowing in Oslo." + TERMINATOR[name]
-    assert "snow\"" not in call  # the tool's result is not trained
+    assert 'snow"' not in call  # the tool's result is not trained
     as_dict = copy.deepcopy(TOOL_CHAT)
     as_dict[1]["tool_calls"][0]["function"]["arguments"] = {"city": "Oslo"}  # what HF templates expect
     assert enc.input_ids == tok.apply_chat_template(as_dict, tools=TOOLS, tokenize=True, return_dict=False)

@@ -29,12 +29,32 @@ CASES = {
     "message_not_object": (msgs(SYSTEM, "hi", ASSISTANT), {"message_not_object"}, "messages[1]"),
     "missing_role": (msgs(SYSTEM, {"content": "hi"}, ASSISTANT), {"missing_role"}, "messages[1].role"),
     "unknown_role": (msgs(SYSTEM, {"role": "human", "content": "hi"}, ASSISTANT), {"unknown_role"}, "messages[1].role"),
-    "role_not_a_string": (msgs(SYSTEM, {"role": ["user"], "content": "hi"}, ASSISTANT), {"unknown_role"}, "messages[1].role"),
-    "unknown_message_key": (msgs(SYSTEM, {**USER, "from": "me"}, ASSISTANT), {"unknown_message_key"}, "messages[1].from"),
+    "role_not_a_string": (
+        msgs(SYSTEM, {"role": ["user"], "content": "hi"}, ASSISTANT),
+        {"unknown_role"},
+        "messages[1].role",
+    ),
+    "unknown_message_key": (
+        msgs(SYSTEM, {**USER, "from": "me"}, ASSISTANT),
+        {"unknown_message_key"},
+        "messages[1].from",
+    ),
     "missing_content": (msgs(SYSTEM, {"role": "user"}, ASSISTANT), {"missing_content"}, "messages[1].content"),
-    "null_content": (msgs(SYSTEM, {"role": "user", "content": None}, ASSISTANT), {"missing_content"}, "messages[1].content"),
-    "assistant_null_content_no_calls": (msgs(SYSTEM, USER, {"role": "assistant", "content": None}), {"missing_content"}, "messages[2].content"),
-    "non_string_content": (msgs(SYSTEM, {"role": "user", "content": 42}, ASSISTANT), {"non_string_content"}, "messages[1].content"),
+    "null_content": (
+        msgs(SYSTEM, {"role": "user", "content": None}, ASSISTANT),
+        {"missing_content"},
+        "messages[1].content",
+    ),
+    "assistant_null_content_no_calls": (
+        msgs(SYSTEM, USER, {"role": "assistant", "content": None}),
+        {"missing_content"},
+        "messages[2].content",
+    ),
+    "non_string_content": (
+        msgs(SYSTEM, {"role": "user", "content": 42}, ASSISTANT),
+        {"non_string_content"},
+        "messages[1].content",
+    ),
     "image_part": (
         msgs(SYSTEM, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, ASSISTANT),
         {"non_string_content"},
@@ -65,10 +85,20 @@ def test_each_code_on_a_tiny_row(name):
 def test_every_format_code_of_the_brief_is_covered():
     covered = set().union(*(codes for _, codes, _ in CASES.values()))
     brief = {
-        "not_an_object", "missing_messages", "message_not_object", "missing_role", "unknown_role", "unknown_message_key",
-        "missing_content", "non_string_content", "no_assistant_message", "last_not_assistant", "consecutive_roles",
-        "no_user_message", "no_system_message",
-    }  # fmt: skip
+        "not_an_object",
+        "missing_messages",
+        "message_not_object",
+        "missing_role",
+        "unknown_role",
+        "unknown_message_key",
+        "missing_content",
+        "non_string_content",
+        "no_assistant_message",
+        "last_not_assistant",
+        "consecutive_roles",
+        "no_user_message",
+        "no_system_message",
+    }
     assert brief <= covered
 
 
@@ -134,7 +164,13 @@ def test_openai_cookbook_flawed_file(shared_fixtures: Path):
 def test_read_rows_converts_then_checks_and_keeps_the_raw_record(tmp_path: Path):
     records = [
         {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
-        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "a"}, {"from": "human", "value": "and?"}]},
+        {
+            "conversations": [
+                {"from": "human", "value": "hi"},
+                {"from": "gpt", "value": "a"},
+                {"from": "human", "value": "and?"},
+            ]
+        },
         {"conversations": [{"from": "narrator", "value": "hi"}]},
     ]
     path = tmp_path / "chat.jsonl"

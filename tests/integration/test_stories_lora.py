@@ -23,16 +23,39 @@ from tunesmith.runs import FINAL_DIR, METRICS_FILE
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAMES = "Lily Tim Timmy Tom Ben Sam Sue Max Mia Bob Lucy Sara Mark Billy Molly Sally".split()
-COLOUR_OF = {"ball": "red", "kite": "blue", "hat": "green", "car": "yellow", "cat": "black", "dog": "brown",
-             "cake": "pink", "boat": "white", "box": "blue", "bird": "yellow", "cup": "green", "doll": "red"}  # fmt: skip
+COLOUR_OF = {
+    "ball": "red",
+    "kite": "blue",
+    "hat": "green",
+    "car": "yellow",
+    "cat": "black",
+    "dog": "brown",
+    "cake": "pink",
+    "boat": "white",
+    "box": "blue",
+    "bird": "yellow",
+    "cup": "green",
+    "doll": "red",
+}
 OBJECTS = list(COLOUR_OF)
 QUESTIONS = ["Tell me about {name} and the {thing}.", "What is the {thing} of {name} like?"]
 MAX_NEW_TOKENS = 40
 # Measured on one thread: 90 steps in ~8 s; held-out answers in the format after 5 epochs: 32/32 at
 # lr 3e-3 and 1e-2 (whose validation curve jumps about), 18/32 at 1e-3.
-RECIPE = ["model.dtype=float32", "train.method=lora", "lora.r=16", "lora.alpha=32", "lora.target_modules=all-linear",
-          "train.lr=3e-3", "train.epochs=5", "train.effective_batch=16", "train.micro_batch=16", "train.eval_every=0.5",
-          "train.early_stopping_patience=0", "train.report_to=[]"]  # fmt: skip
+RECIPE = [
+    "model.dtype=float32",
+    "train.method=lora",
+    "lora.r=16",
+    "lora.alpha=32",
+    "lora.target_modules=all-linear",
+    "train.lr=3e-3",
+    "train.epochs=5",
+    "train.effective_batch=16",
+    "train.micro_batch=16",
+    "train.eval_every=0.5",
+    "train.early_stopping_patience=0",
+    "train.report_to=[]",
+]
 
 
 def answer(name: str, thing: str) -> str:
@@ -48,8 +71,10 @@ def write_chats(path: Path, pairs: list[tuple[str, str]]) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for name, thing in pairs:
             for question in QUESTIONS:
-                messages = [{"role": "user", "content": question.format(name=name, thing=thing)},
-                            {"role": "assistant", "content": answer(name, thing)}]  # fmt: skip
+                messages = [
+                    {"role": "user", "content": question.format(name=name, thing=thing)},
+                    {"role": "assistant", "content": answer(name, thing)},
+                ]
                 f.write(json.dumps({"messages": messages}) + "\n")
     return path
 
@@ -70,8 +95,9 @@ def greedy_replies(model, tokenizer, prompts: list[tuple[str, str, str]]) -> lis
     """One left-padded batch, greedy, stopping on the model's generation-config stop tokens."""
     chats = [[{"role": "user", "content": q}] for q, _, _ in prompts]
     tokenizer.padding_side = "left"
-    enc = tokenizer.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_dict=True,
-                                        return_tensors="pt")  # fmt: skip
+    enc = tokenizer.apply_chat_template(
+        chats, add_generation_prompt=True, padding=True, return_dict=True, return_tensors="pt"
+    )
     out = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     stops = set(model.generation_config.eos_token_id)  # the converter's: [EOS, BOS]
     replies = []
@@ -107,8 +133,15 @@ def outcome(shared_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     seen = [(n, t) for n in NAMES for t in OBJECTS if (n, t) not in held]
     data = write_chats(root / "chats.jsonl", seen)  # 160 pairs × 2 questions = 320 rows
 
-    config = load_config(overrides=["name=stories-lora", f"runs_dir={root / 'runs'}", f"model.name_or_path={model_dir}",
-                                    f"data.path={data}", *RECIPE])  # fmt: skip
+    config = load_config(
+        overrides=[
+            "name=stories-lora",
+            f"runs_dir={root / 'runs'}",
+            f"model.name_or_path={model_dir}",
+            f"data.path={data}",
+            *RECIPE,
+        ]
+    )
     result = train(config)
     assert result.final_dir == config.run_dir / FINAL_DIR and (result.final_dir / "adapter_config.json").is_file()
     rows = [json.loads(line) for line in (config.run_dir / METRICS_FILE).read_text().splitlines()]
@@ -118,8 +151,12 @@ def outcome(shared_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     prompts = [(QUESTIONS[i % 2].format(name=n, thing=t), n, t) for i, (n, t) in enumerate(held)]
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), result.final_dir).eval()
-    return Outcome(greedy_replies(base, tokenizer, prompts), greedy_replies(tuned, tokenizer, prompts),
-                   [r["val_loss"] for r in rows if "val_loss" in r], tokenizer.eos_token_id)  # fmt: skip
+    return Outcome(
+        greedy_replies(base, tokenizer, prompts),
+        greedy_replies(tuned, tokenizer, prompts),
+        [r["val_loss"] for r in rows if "val_loss" in r],
+        tokenizer.eos_token_id,
+    )
 
 
 def rate(flags: list[bool]) -> float:

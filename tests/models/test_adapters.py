@@ -17,8 +17,15 @@ HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB = 64, 128, 2, 4, 2, 512
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                      num_key_value_heads=KV_HEADS, vocab_size=VOCAB, tie_word_embeddings=False)  # fmt: skip
+    cfg = LlamaConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        vocab_size=VOCAB,
+        tie_word_embeddings=False,
+    )
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(cfg).save_pretrained(path)
     return path
@@ -49,7 +56,15 @@ def changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> set[str]
 def lora_params_expected(r: int) -> int:
     # r x (in + out) for each Linear in each layer: q, k, v, o, gate, up, down; never lm_head.
     kv = HIDDEN // HEADS * KV_HEADS
-    shapes = [(HIDDEN, HIDDEN), (HIDDEN, kv), (HIDDEN, kv), (HIDDEN, HIDDEN), (HIDDEN, INTER), (HIDDEN, INTER), (INTER, HIDDEN)]
+    shapes = [
+        (HIDDEN, HIDDEN),
+        (HIDDEN, kv),
+        (HIDDEN, kv),
+        (HIDDEN, HIDDEN),
+        (HIDDEN, INTER),
+        (HIDDEN, INTER),
+        (INTER, HIDDEN),
+    ]
     return LAYERS * sum(r * (i + o) for i, o in shapes)
 
 
@@ -74,8 +89,18 @@ def test_full_trains_every_weight(tiny_dir: Path) -> None:
 
 
 def test_lora_options_reach_peft(tiny_dir: Path) -> None:
-    model = prepare_model(config(tiny_dir, "lora", r=4, alpha=8, dropout=0.1, use_dora=True, use_rslora=True,
-                                 target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    model = prepare_model(
+        config(
+            tiny_dir,
+            "lora",
+            r=4,
+            alpha=8,
+            dropout=0.1,
+            use_dora=True,
+            use_rslora=True,
+            target_modules=["q_proj", "v_proj"],
+        )
+    )
     q = model.base_model.model.model.layers[0].self_attn.q_proj
     assert q.scaling["default"] == pytest.approx(8 / 4**0.5)  # rsLoRA: alpha / sqrt(r), not alpha / r
     assert isinstance(q.lora_dropout["default"], torch.nn.Dropout) and q.lora_dropout["default"].p == 0.1
@@ -110,7 +135,9 @@ def test_qlora_needs_a_4bit_model(tiny_dir: Path) -> None:
 
 def test_missing_bitsandbytes_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     with pytest.raises(ConfigError, match="not installed.*train.method=lora"):
         check_method_available("qlora")
     check_method_available("lora")  # no bitsandbytes needed
@@ -135,10 +162,12 @@ def test_qlora_gradients_match_the_dequantized_model(tiny_dir: Path) -> None:
     qlora = prepare_model(config(tiny_dir, "qlora", r=4))
     reference = LlamaForCausalLM.from_pretrained(tiny_dir)
     dequantized = {
-        name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight":
-            bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
-        for name, m in qlora.named_modules() if isinstance(m, bnb.nn.Linear4bit)
-    }  # fmt: skip
+        name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight": bnb.functional.dequantize_4bit(
+            m.weight.data, m.weight.quant_state
+        ).float()
+        for name, m in qlora.named_modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    }
     assert not reference.load_state_dict(dequantized, strict=False).unexpected_keys
     reference = wrap_model(reference, TrainConfig(method="lora"), LoraConfig(r=4))
     ref_params = dict(reference.named_parameters())

@@ -24,7 +24,7 @@ EXPECTED_FILES = {
 }
 ENGLISH = [
     "Once upon a time",
-    'Lily\'s mom said, "Lily, let\'s go to the park." She was sad.',
+    "Lily's mom said, \"Lily, let's go to the park.\" She was sad.",
     "The quick brown fox jumps over the lazy dog.",
     "two  spaces\nand a newline\ttab, trailing space ",
     "12345 + 678 = 9,023!",

@@ -72,7 +72,9 @@ def test_refuses_pickled_weights(tmp_path: Path, model_dir: Path) -> None:
         load_model(pickled)
 
 
-def test_trust_remote_code_is_off_unless_asked(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trust_remote_code_is_off_unless_asked(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A config pointing at repository code: the code runs only with trust_remote_code=True."""
     import transformers.dynamic_module_utils as dyn
 
@@ -123,7 +125,9 @@ def test_hub_id_without_network_fails_fast_and_clearly(offline_hub: Path) -> Non
     started = time.monotonic()
     with pytest.raises(ModelLoadError) as err:
         load_model("Qwen/Qwen2.5-0.5B-Instruct")
-    assert str(err.value) == "could not load Qwen/Qwen2.5-0.5B-Instruct: not a local directory and the hub is unreachable"
+    assert (
+        str(err.value) == "could not load Qwen/Qwen2.5-0.5B-Instruct: not a local directory and the hub is unreachable"
+    )
     assert time.monotonic() - started < 5  # transformers alone retries for ~45 s
     assert isinstance(err.value, OSError)  # what callers of from_pretrained already catch
 

@@ -43,8 +43,13 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_builds_a_normal_model_directory_that_auto_classes_load(tiny_dir: Path) -> None:
     assert sorted(p.name for p in tiny_dir.iterdir()) == [
-        "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-    ]  # fmt: skip
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     assert isinstance(model, LlamaForCausalLM)
@@ -66,7 +71,10 @@ def test_chat_template_is_chatml_and_turns_end_with_eos(tiny_dir: Path) -> None:
     assert prompt.endswith("<|im_start|>assistant\n")
     assert tokenizer.eos_token == END_OF_TURN and tokenizer.pad_token == PAD_TOKEN and tokenizer.bos_token is None
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    assert model_config["eos_token_id"] == tokenizer.eos_token_id and model_config["pad_token_id"] == tokenizer.pad_token_id
+    assert (
+        model_config["eos_token_id"] == tokenizer.eos_token_id
+        and model_config["pad_token_id"] == tokenizer.pad_token_id
+    )
     assert tokenizer.eos_token_id in generation["eos_token_id"]
     # Special tokens are single ids, and the assistant mask covers exactly the answer and its EOS.
     enc = tokenizer.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
@@ -88,7 +96,13 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path: Path) -> None:
     a = build_tiny_model(tmp_path / "a", texts=CORPUS, seed=7, **FAST)
     b = build_tiny_model(tmp_path / "b", texts=CORPUS, seed=7, **FAST)
     c = build_tiny_model(tmp_path / "c", texts=CORPUS, seed=8, **FAST)
-    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.json",
+        "generation_config.json",
+    ):
         assert filecmp.cmp(a / name, b / name, shallow=False), name
     assert not filecmp.cmp(a / "model.safetensors", c / "model.safetensors", shallow=False)
     assert filecmp.cmp(a / "tokenizer.json", c / "tokenizer.json", shallow=False)
@@ -112,9 +126,16 @@ def test_texts_train_the_tokenizer(tmp_path: Path, tiny_dir: Path) -> None:
 
 
 def test_dimension_overrides_and_errors(tmp_path: Path) -> None:
-    path = build_tiny_model(tmp_path / "m", texts=CORPUS, hidden_size=64, heads=2, kv_heads=1, intermediate_size=96, **FAST)
+    path = build_tiny_model(
+        tmp_path / "m", texts=CORPUS, hidden_size=64, heads=2, kv_heads=1, intermediate_size=96, **FAST
+    )
     config = json.loads((path / "config.json").read_text())
-    assert (config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"], config["num_hidden_layers"]) == (64, 2, 1, 1)
+    assert (
+        config["hidden_size"],
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+        config["num_hidden_layers"],
+    ) == (64, 2, 1, 1)
     with pytest.raises(ValueError, match="must divide"):
         build_tiny_model(tmp_path / "bad", texts=CORPUS, hidden_size=100, heads=3, **FAST)
     with pytest.raises(ValueError, match="preset 'huge'"):
@@ -143,11 +164,15 @@ def test_preset_sizes() -> None:
 @pytest.mark.parametrize("name", ["qwen2.5-instruct", "tinyllama-1.1b-chat"])
 def test_tokenizer_from_a_real_tokenizer(tmp_path: Path, name: str) -> None:
     source = fixture_tokenizer_dir(name)
-    path = build_tiny_model(tmp_path / "m", tokenizer_from=source, hidden_size=32, heads=2, kv_heads=1, intermediate_size=32, layers=1)
+    path = build_tiny_model(
+        tmp_path / "m", tokenizer_from=source, hidden_size=32, heads=2, kv_heads=1, intermediate_size=32, layers=1
+    )
     for f in source.iterdir():  # copied byte for byte, quirks included
         assert filecmp.cmp(f, path / f.name, shallow=False)
     original, copied = AutoTokenizer.from_pretrained(source), AutoTokenizer.from_pretrained(path)
-    assert copied.apply_chat_template(CONVERSATION[1:], tokenize=False) == original.apply_chat_template(CONVERSATION[1:], tokenize=False)
+    assert copied.apply_chat_template(CONVERSATION[1:], tokenize=False) == original.apply_chat_template(
+        CONVERSATION[1:], tokenize=False
+    )
     model = AutoModelForCausalLM.from_pretrained(path)
     assert model.config.vocab_size == len(original)
     assert (model.config.eos_token_id, model.config.pad_token_id) == (original.eos_token_id, original.pad_token_id)
@@ -162,7 +187,11 @@ def test_tokenizer_from_a_directory_without_tokenizer(tmp_path: Path) -> None:
 
 def test_texts_from_jsonl_skips_what_is_not_a_conversation(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
-    rows = ['{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "SELECT 1;"}]}',
-            '{"messages": [{"role": "user", "content": ', "[1, 2]", '{"messages": [{"role": "user", "content": null}]}']  # fmt: skip
+    rows = [
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "SELECT 1;"}]}',
+        '{"messages": [{"role": "user", "content": ',
+        "[1, 2]",
+        '{"messages": [{"role": "user", "content": null}]}',
+    ]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     assert texts_from_jsonl(path) == ["hi", "SELECT 1;"]

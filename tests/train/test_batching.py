@@ -76,7 +76,10 @@ def test_collate_pads_right_and_masks_by_position_not_by_id() -> None:
     b = {"input_ids": [1, 7], "labels": [IGNORE_INDEX, 7]}  # rows read back from JSONL are dicts
     batch = collate([a, b], pad_id=eos)
     assert batch["input_ids"].tolist() == [[1, 5, 6, eos], [1, 7, eos, eos]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 6, eos], [IGNORE_INDEX, 7, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["labels"].tolist() == [
+        [IGNORE_INDEX, IGNORE_INDEX, 6, eos],
+        [IGNORE_INDEX, 7, IGNORE_INDEX, IGNORE_INDEX],
+    ]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert all(t.dtype == torch.long for t in batch.values())
 

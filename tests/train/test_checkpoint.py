@@ -14,9 +14,15 @@ from tunesmith.train.checkpoint import TrainState
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -34,8 +40,15 @@ def trained_setup(run_dir: Path, step: int = 3):
     scheduler = get_cosine_schedule_with_warmup(optimizer, 2, 10)
     for _ in range(step):
         one_step(model, optimizer, scheduler)
-    state = TrainState(step=step, epoch=1, batch_in_epoch=4, micro_batch=2, accumulation=2,
-                       guard={"best_step": step}, metrics=[{"step": 1, "loss": 4.2}])  # fmt: skip
+    state = TrainState(
+        step=step,
+        epoch=1,
+        batch_in_epoch=4,
+        micro_batch=2,
+        accumulation=2,
+        guard={"best_step": step},
+        metrics=[{"step": 1, "loss": 4.2}],
+    )
     return model, optimizer, scheduler, state
 
 
@@ -43,7 +56,13 @@ def test_checkpoint_holds_exactly_the_expected_files_and_round_trips(tmp_path: P
     model, optimizer, scheduler, state = trained_setup(tmp_path)
     path = ckpt.save_checkpoint(tmp_path, state, model=model, optimizer=optimizer, scheduler=scheduler)
     assert path == tmp_path / "checkpoints" / "step-3"
-    expected = [ckpt.WEIGHTS_FILE, ckpt.OPTIMIZER_FILE, ckpt.SCHEDULER_FILE, ckpt.RNG_FILE.format(rank=0), ckpt.STATE_FILE]
+    expected = [
+        ckpt.WEIGHTS_FILE,
+        ckpt.OPTIMIZER_FILE,
+        ckpt.SCHEDULER_FILE,
+        ckpt.RNG_FILE.format(rank=0),
+        ckpt.STATE_FILE,
+    ]
     assert sorted(p.name for p in path.iterdir()) == sorted([*expected, COMPLETE_MARKER])
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-3"]  # staging renamed away
     expected_draws = (random.random(), np.random.rand(), torch.rand(3))

@@ -55,8 +55,14 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path, monkeypatch):
     script = tmp_path / "ddp_child.py"
     script.write_text(CHILD.format(out=str(out), root=str(tmp_path), settings=SETTINGS))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(script)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rank in (0, 1):  # really data parallel, not two independent single-process runs
         assert json.loads((out / f"rank{rank}.json").read_text()) == {"type": "MULTI_CPU", "processes": 2}

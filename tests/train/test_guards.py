@@ -33,9 +33,7 @@ def test_best_is_the_lowest_validation_loss_not_the_last():
 
 
 def test_overfitting_stops_after_patience_rises_while_train_falls():
-    verdicts, state = run_curve(
-        val=[2.0, 1.5, 1.6, 1.7, 1.8, 1.9], train=[2.1, 1.6, 1.4, 1.2, 1.0, 0.8], patience=2
-    )
+    verdicts, state = run_curve(val=[2.0, 1.5, 1.6, 1.7, 1.8, 1.9], train=[2.1, 1.6, 1.4, 1.2, 1.0, 0.8], patience=2)
     assert len(verdicts) == 4  # stopped at the second rise in a row
     assert verdicts[-1].stop and verdicts[-1].reason == OVERFITTING
     assert state.best_step == 20 and state.rising == 2

@@ -13,8 +13,15 @@ VOCAB, PAD = 512, 0
 
 def tiny_llama(seed: int = 0, *, tied: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=tied)  # fmt: skip
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        tie_word_embeddings=tied,
+    )
     return LlamaForCausalLM(cfg).float().train()
 
 
@@ -222,8 +229,16 @@ def test_a_lora_adapted_head_goes_through_the_module_in_recomputed_chunks(monkey
 
 def test_softcapped_head_matches_the_model_own_loss() -> None:
     torch.manual_seed(0)
-    cfg = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16, vocab_size=VOCAB, final_logit_softcapping=3.0)  # fmt: skip
+    cfg = Gemma2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=VOCAB,
+        final_logit_softcapping=3.0,
+    )
     model = Gemma2ForCausalLM(cfg).float().train()
     with torch.no_grad():  # random init gives logits near 0, where tanh is the identity: make the cap bite
         model.lm_head.weight.mul_(30)
@@ -241,7 +256,9 @@ def test_softcapped_head_matches_the_model_own_loss() -> None:
 
 def test_unknown_head_falls_back_to_the_model_forward_with_the_same_normalisation() -> None:
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).train()
+    model = GPT2LMHeadModel(
+        GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    ).train()
     batch = collate(examples(5, seed=6), PAD)
     ours, n = trained_token_loss(model, batch, normalizer=2 * n_trained(batch))
     assert n == n_trained(batch)
@@ -260,7 +277,6 @@ def test_micro_batch_without_trained_tokens_adds_zero() -> None:
 def test_normalizer_must_be_positive() -> None:
     with pytest.raises(ValueError, match="normalizer"):
         trained_token_loss(tiny_llama(), collate(examples(1), PAD), normalizer=0)
-
 
 
 def test_works_through_a_lora_wrapper_and_reaches_the_adapters() -> None:

@@ -34,8 +34,10 @@ def write_data(path: Path, n: int = 48, seed: int = 0) -> Path:
         for _ in range(n):
             i = rng.randrange(len(WORDS))
             pad = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 6)))  # varied lengths
-            messages = [{"role": "user", "content": f"{pad} what colour is {WORDS[i]}?"},
-                        {"role": "assistant", "content": f"{COLOURS[i]}"}]  # fmt: skip
+            messages = [
+                {"role": "user", "content": f"{pad} what colour is {WORDS[i]}?"},
+                {"role": "assistant", "content": f"{COLOURS[i]}"},
+            ]
             f.write(json.dumps({"messages": messages}) + "\n")
     return path
 
@@ -48,16 +50,36 @@ def tiny_inputs(root: Path) -> tuple[Path, Path]:
     model = root / "model"
     if not (model / "config.json").exists():
         write_data(data)
-        build_tiny_model(model, texts=texts_from_jsonl(data), vocab_size=320, hidden_size=32, layers=2, heads=2,
-                         kv_heads=1, intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+        build_tiny_model(
+            model,
+            texts=texts_from_jsonl(data),
+            vocab_size=320,
+            hidden_size=32,
+            layers=2,
+            heads=2,
+            kv_heads=1,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
     return model, data
 
 
 def run_config(root: Path, name: str, *overrides: str) -> Config:
     model, data = tiny_inputs(root)
-    base = [f"name={name}", f"runs_dir={root / 'runs'}", f"model.name_or_path={model}", f"data.path={data}",
-            "model.dtype=float32", "train.epochs=3", "train.effective_batch=8", "train.micro_batch=4",
-            "train.lr=1e-2", "train.eval_every=0.5", "train.early_stopping_patience=0", "train.report_to=[]"]  # fmt: skip
+    base = [
+        f"name={name}",
+        f"runs_dir={root / 'runs'}",
+        f"model.name_or_path={model}",
+        f"data.path={data}",
+        "model.dtype=float32",
+        "train.epochs=3",
+        "train.effective_batch=8",
+        "train.micro_batch=4",
+        "train.lr=1e-2",
+        "train.eval_every=0.5",
+        "train.early_stopping_patience=0",
+        "train.report_to=[]",
+    ]
     return load_config(overrides=base + list(overrides))
 
 
@@ -240,8 +262,10 @@ def test_out_of_memory_at_start_halves_the_micro_batch(inputs: Path, monkeypatch
     assert any("out of memory at micro_batch=4" in n for n in result.notes)
 
 
-@pytest.mark.parametrize(("setting", "native", "expected"),
-                         [("auto", True, "bf16"), ("auto", False, "fp32"), ("fp32", True, "fp32"), ("bf16", False, "bf16")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("setting", "native", "expected"),
+    [("auto", True, "bf16"), ("auto", False, "fp32"), ("fp32", True, "fp32"), ("bf16", False, "bf16")],
+)
 def test_mixed_precision_auto_follows_the_hardware(setting: str, native: bool, expected: str, monkeypatch) -> None:
     from tunesmith.models import load
 
@@ -288,11 +312,31 @@ def test_qlora_trains_4bit_base_and_merges_into_an_unquantised_model(tmp_path: P
 
     data = write_data(tmp_path / "data.jsonl")
     # bitsandbytes' CPU 4-bit kernels quantise in blocks of 64 inputs: hidden 64 is the smallest.
-    model = build_tiny_model(tmp_path / "model", texts=texts_from_jsonl(data), vocab_size=320, hidden_size=64, layers=2,
-                             heads=2, kv_heads=1, intermediate_size=128, max_position_embeddings=128)  # fmt: skip
-    config = load_config(overrides=[f"runs_dir={tmp_path / 'runs'}", "name=qlora", f"model.name_or_path={model}",
-                                    f"data.path={data}", "train.method=qlora", "train.epochs=1", "train.report_to=[]",
-                                    "train.micro_batch=4", "train.effective_batch=8", "lora.r=4"])  # fmt: skip
+    model = build_tiny_model(
+        tmp_path / "model",
+        texts=texts_from_jsonl(data),
+        vocab_size=320,
+        hidden_size=64,
+        layers=2,
+        heads=2,
+        kv_heads=1,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    config = load_config(
+        overrides=[
+            f"runs_dir={tmp_path / 'runs'}",
+            "name=qlora",
+            f"model.name_or_path={model}",
+            f"data.path={data}",
+            "train.method=qlora",
+            "train.epochs=1",
+            "train.report_to=[]",
+            "train.micro_batch=4",
+            "train.effective_batch=8",
+            "lora.r=4",
+        ]
+    )
     result = train(config, merge=True)
     assert result.stop_reason == "completed" and result.steps == 6
     weights = ckpt.load_checkpoint(ckpt.latest_complete(config.run_dir)).weights

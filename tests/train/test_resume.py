@@ -59,8 +59,9 @@ recipe.train(run_config(Path({root!r}), {name!r}, *{settings!r}))
 def start_child(root: Path, name: str, mode: str) -> subprocess.Popen:
     code = CHILD.format(threads=torch.get_num_threads(), mode=mode, root=str(root), name=name, settings=SETTINGS)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 @pytest.fixture(scope="module")

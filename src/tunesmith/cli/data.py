@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,19 +16,23 @@ app = typer.Typer(no_args_is_help=True, help="Read, check, clean and inspect exa
 console = Console()
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="auto|messages|alpaca|sharegpt|prompt-completion|csv")]
-TokenizerOpt = Annotated[Optional[str], typer.Option("--tokenizer", "-t", help="Hub id or directory of the model's tokenizer.")]
-MaxLenOpt = Annotated[Optional[int], typer.Option("--max-seq-len", help="Tokens per example (default: the config's data.max_seq_len).")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config whose data section to use.")]
+TokenizerOpt = Annotated[
+    str | None, typer.Option("--tokenizer", "-t", help="Hub id or directory of the model's tokenizer.")
+]
+MaxLenOpt = Annotated[
+    int | None, typer.Option("--max-seq-len", help="Tokens per example (default: the config's data.max_seq_len).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config whose data section to use.")]
 
 
-def _data_config(config: Optional[Path], max_seq_len: Optional[int]) -> DataConfig:
+def _data_config(config: Path | None, max_seq_len: int | None) -> DataConfig:
     data = load_config(config).data
     if max_seq_len is not None:
         data.max_seq_len = max_seq_len
     return data
 
 
-def _tokenizer(name: Optional[str]):
+def _tokenizer(name: str | None):
     if name is None:
         return None
     from tunesmith.data.template import load_tokenizer
@@ -56,7 +60,7 @@ def check_command(
     input: Path,
     tokenizer: TokenizerOpt = None,
     max_seq_len: MaxLenOpt = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report here.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
     format: FormatOpt = "auto",
     config: ConfigOpt = None,
 ) -> None:
@@ -66,7 +70,14 @@ def check_command(
 
     with friendly_errors():
         data_config = _data_config(config, max_seq_len)
-        result = check_file(input, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, plot_dir=report.parent if report else None, progress=True)
+        result = check_file(
+            input,
+            config=data_config,
+            tokenizer=_tokenizer(tokenizer),
+            fmt=format,
+            plot_dir=report.parent if report else None,
+            progress=True,
+        )
     print_report(result, console)
     if report is not None:
         write_report_json(result, report)
@@ -79,7 +90,10 @@ def clean_command(
     input: Path,
     output: Annotated[Path, typer.Option("--output", "-o", help="Clean messages JSONL to write.")],
     rejects: Annotated[Path, typer.Option("--rejects", help="Rejected rows with their line and reasons.")],
-    drop: Annotated[Optional[str], typer.Option("--drop", help="Comma-separated finding codes to remove (default: the config's data.drop).")] = None,
+    drop: Annotated[
+        str | None,
+        typer.Option("--drop", help="Comma-separated finding codes to remove (default: the config's data.drop)."),
+    ] = None,
     tokenizer: TokenizerOpt = None,
     max_seq_len: MaxLenOpt = None,
     format: FormatOpt = "auto",
@@ -92,7 +106,9 @@ def clean_command(
         data_config = _data_config(config, max_seq_len)
         if drop is not None:
             data_config.drop = [c.strip() for c in drop.split(",") if c.strip()]  # validated on assignment
-        result = clean_file(input, output, rejects, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, progress=True)
+        result = clean_file(
+            input, output, rejects, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, progress=True
+        )
     console.print(result.summary())
 
 

@@ -8,7 +8,9 @@ import typer
 
 
 def demo_command(
-    train: Annotated[bool, typer.Option("--train/--no-train", help="Also fine-tune the tiny model (a few minutes).")] = True,
+    train: Annotated[
+        bool, typer.Option("--train/--no-train", help="Also fine-tune the tiny model (a few minutes).")
+    ] = True,
 ) -> None:
     """Run the built-in example end to end: check and clean the data, then train a tiny model."""
     from tunesmith.demo import run_demo

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,8 +15,10 @@ def tiny_command(
     out_dir: Path,
     arch: Annotated[str, typer.Option(help="llama or qwen2")] = "llama",
     preset: Annotated[str, typer.Option(help="tiny (~1M params), small (~15M) or medium (~110M)")] = "tiny",
-    texts: Annotated[Optional[Path], typer.Option(help="Messages JSONL whose text trains the tokenizer.")] = None,
-    tokenizer_from: Annotated[Optional[Path], typer.Option(help="Copy this tokenizer directory instead of training one.")] = None,
+    texts: Annotated[Path | None, typer.Option(help="Messages JSONL whose text trains the tokenizer.")] = None,
+    tokenizer_from: Annotated[
+        Path | None, typer.Option(help="Copy this tokenizer directory instead of training one.")
+    ] = None,
     seed: int = 0,
 ) -> None:
     """Build a small model of a real architecture with random weights and a real chat template."""

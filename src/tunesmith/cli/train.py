@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,13 +12,29 @@ from tunesmith.config import load_config
 
 
 def train_command(
-    config: Annotated[Optional[Path], typer.Argument(help="Run config YAML (default: the built-in demo config).")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. train.lr=1e-4 lora.r=32.")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the newest complete checkpoint (default: the config's train.resume).")] = None,
-    merge: Annotated[bool, typer.Option("--merge", help="Also write a merged full model (safetensors) into final/.")] = False,
-    num_processes: Annotated[int, typer.Option("--num-processes", "-n", help="Data-parallel processes (re-launches itself).")] = 1,
-    launcher: Annotated[str, typer.Option("--launcher", help="torchrun (DDP, CPU or GPU) or accelerate (DeepSpeed/FSDP).")] = "torchrun",
-    accelerate_config: Annotated[Optional[str], typer.Option("--accelerate-config", help="deepspeed_zero2, deepspeed_zero3 or fsdp.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="Run config YAML (default: the built-in demo config).")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.lr=1e-4 lora.r=32.")
+    ] = None,
+    resume: Annotated[
+        bool | None,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue from the newest complete checkpoint (default: the config's train.resume).",
+        ),
+    ] = None,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Also write a merged full model (safetensors) into final/.")
+    ] = False,
+    num_processes: Annotated[
+        int, typer.Option("--num-processes", "-n", help="Data-parallel processes (re-launches itself).")
+    ] = 1,
+    launcher: Annotated[
+        str, typer.Option("--launcher", help="torchrun (DDP, CPU or GPU) or accelerate (DeepSpeed/FSDP).")
+    ] = "torchrun",
+    accelerate_config: Annotated[
+        str | None, typer.Option("--accelerate-config", help="deepspeed_zero2, deepspeed_zero3 or fsdp.")
+    ] = None,
 ) -> None:
     """Fine-tune a model on a file of examples; leaves a run directory with curves, checkpoints and the best model."""
     if num_processes > 1 or launcher != "torchrun" or accelerate_config:

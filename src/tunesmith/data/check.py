@@ -55,7 +55,9 @@ class Checked:
     notes: list[str] = field(default_factory=list)
 
 
-def check_rows(path: str | Path, *, config: DataConfig, tokenizer: Any = None, fmt: str = "auto", progress: bool = False) -> Checked:
+def check_rows(
+    path: str | Path, *, config: DataConfig, tokenizer: Any = None, fmt: str = "auto", progress: bool = False
+) -> Checked:
     """Read a file and attach every finding to its row. Raises DataError if it cannot be read.
     `progress` shows a progress bar (on stderr) over templating and tokenizing, the slow part."""
     fmt, rows = read_rows(path, fmt)
@@ -105,7 +107,13 @@ def _token_checks(rows: list[Row], tokenizer: Any, config: DataConfig, progress:
     conversations = (r.conversation for r in rows)
     encoded = iter_encode(conversations, tokenizer, train_on=config.train_on)  # type: ignore[arg-type]
     if progress:
-        encoded = track(encoded, total=len(rows), description="templating + tokenizing", console=Console(stderr=True), transient=True)
+        encoded = track(
+            encoded,
+            total=len(rows),
+            description="templating + tokenizing",
+            console=Console(stderr=True),
+            transient=True,
+        )
     for row, enc in zip(rows, encoded):
         src = row.source
         if isinstance(enc, TemplateError):
@@ -119,12 +127,18 @@ def _token_checks(rows: list[Row], tokenizer: Any, config: DataConfig, progress:
         kept.append(enc.n_trained - cut)
         if n <= limit:
             continue
-        row.findings.append(Finding("too_long", src, f"{n} tokens after templating, over max_seq_len={limit}; the last {n - limit} are cut"))
+        row.findings.append(
+            Finding(
+                "too_long", src, f"{n} tokens after templating, over max_seq_len={limit}; the last {n - limit} are cut"
+            )
+        )
         if cut:
             answer = _last_trained_answer(row.conversation.messages, config.train_on)  # type: ignore[union-attr]
             whole = "all" if cut == enc.n_trained else f"{cut} of {enc.n_trained}"
-            message = (f"the max_seq_len={limit} cut removes {whole} trained answer tokens: the model would learn to "
-                       "start this answer and never finish it; shorten the row or raise max_seq_len")  # fmt: skip
+            message = (
+                f"the max_seq_len={limit} cut removes {whole} trained answer tokens: the model would learn to "
+                "start this answer and never finish it; shorten the row or raise max_seq_len"
+            )
             where = f"messages[{answer}].content" if answer is not None else None
             row.findings.append(Finding("answer_truncated", src, message, where))
     return Lengths(numbers, *(np.asarray(x, dtype=np.int64) for x in (tokens, trained, kept)))
@@ -224,14 +238,33 @@ def build_report(checked: Checked, config: DataConfig, plot_dir: str | Path | No
     counts = dict(Counter(f.code for f in findings).most_common())
     blocking = any(f.severity is Severity.ERROR for f in findings)
     unreadable = sum(r.conversation is None for r in checked.rows)
-    stats: dict[str, Any] = {"rows": len(checked.rows), "readable_rows": len(checked.rows) - unreadable, "unreadable_rows": unreadable}
+    stats: dict[str, Any] = {
+        "rows": len(checked.rows),
+        "readable_rows": len(checked.rows) - unreadable,
+        "unreadable_rows": unreadable,
+    }
     stats["rows_with_findings"] = sum(bool(r.findings) for r in checked.rows)
     plot = None
     if checked.lengths is not None:
         stats.update(length_stats(checked.lengths, config.max_seq_len))
         if plot_dir is not None and len(checked.lengths.tokens):
-            plot = str(plot_lengths(checked.lengths, config.max_seq_len, Path(plot_dir) / LENGTHS_PLOT_FILE, Path(checked.path).name))
-    return CheckReport(checked.path, checked.format, len(checked.rows), findings, counts, blocking, stats, checked.groups, checked.notes, plot)
+            plot = str(
+                plot_lengths(
+                    checked.lengths, config.max_seq_len, Path(plot_dir) / LENGTHS_PLOT_FILE, Path(checked.path).name
+                )
+            )
+    return CheckReport(
+        checked.path,
+        checked.format,
+        len(checked.rows),
+        findings,
+        counts,
+        blocking,
+        stats,
+        checked.groups,
+        checked.notes,
+        plot,
+    )
 
 
 def check_file(

@@ -90,4 +90,6 @@ def clean_file(
             clean.append(row.conversation.to_json())  # type: ignore[union-attr]
     write_jsonl(out, clean)
     write_jsonl(rejects, rejected)
-    return CleanResult(len(checked.rows), len(clean), len(rejected), dict(reasons.most_common()), str(out), str(rejects), checked.notes)
+    return CleanResult(
+        len(checked.rows), len(clean), len(rejected), dict(reasons.most_common()), str(out), str(rejects), checked.notes
+    )

@@ -41,7 +41,14 @@ FORMATS = ("messages", "alpaca", "sharegpt", "prompt-completion")
 # What `--format` accepts: `csv` means "a CSV file whose columns map to alpaca or
 # prompt-completion" and is resolved to one of those by the column names.
 FORMAT_CHOICES = ("auto", *FORMATS, "csv")
-_SUFFIX_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIX_KINDS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _BOM = b"\xef\xbb\xbf"
 _SNIFF_BYTES = 8192  # enough to see a binary file's NULs or a format's first record
 _DETECT_SAMPLE = 50  # records looked at to detect the format; more only costs time
@@ -129,8 +136,9 @@ def _sniff(head: bytes, path: Path) -> str:
     if text.startswith(b"["):
         return "json"
     raise DataError(
-        path, f"cannot tell the file type from the extension {path.suffix or '(none)'!r} or the contents; "
-        "use .jsonl, .json, .csv or .parquet"
+        path,
+        f"cannot tell the file type from the extension {path.suffix or '(none)'!r} or the contents; "
+        "use .jsonl, .json, .csv or .parquet",
     )
 
 
@@ -184,7 +192,9 @@ def _read_json(path: Path) -> list[Row]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(path, f"not valid UTF-8 (byte 0x{data[e.start]:02x}); re-save the file as UTF-8", row=line) from None
+        raise DataError(
+            path, f"not valid UTF-8 (byte 0x{data[e.start]:02x}); re-save the file as UTF-8", row=line
+        ) from None
     del data
     if not text.strip():
         raise DataError(path, "the file holds only whitespace")
@@ -215,8 +225,9 @@ def _records_in_object(value: Any, path: Path) -> list[Any]:
     lists = [key for key, item in value.items() if isinstance(item, list)]
     if len(lists) != 1:
         raise DataError(
-            path, f"a JSON object with {len(lists)} list fields {lists}; expected an array of examples "
-            'or an object holding exactly one list of them, e.g. {"data": [...]}'
+            path,
+            f"a JSON object with {len(lists)} list fields {lists}; expected an array of examples "
+            'or an object holding exactly one list of them, e.g. {"data": [...]}',
         )
     return value[lists[0]]
 
@@ -256,7 +267,9 @@ def _check_header(header: list[str], path: Path, line: int) -> None:
 def _csv_row(cells: list[str], header: list[str], source: Source) -> Row:
     if any(_ESCAPED_BYTE.search(cell) for cell in cells):
         text = ",".join(c.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for c in cells)
-        return Row(source, text, findings=[Finding("invalid_json", source, "not valid UTF-8; re-save the file as UTF-8")])
+        return Row(
+            source, text, findings=[Finding("invalid_json", source, "not valid UTF-8; re-save the file as UTF-8")]
+        )
     if len(cells) != len(header):
         message = f"has {len(cells)} fields but the header has {len(header)}; quote fields that contain commas"
         return Row(source, ",".join(cells), findings=[Finding("unconvertible", source, message)])
@@ -324,8 +337,9 @@ def detect_format(rows: list[Row], path: str | Path) -> str:
     if ambiguous:
         raise DataError(path, f"rows match several formats ({', '.join(ambiguous)}); pass --format")
     raise DataError(
-        path, f"cannot tell the example format from the keys {sorted(keys)}; "
-        f"accepted: {_FORMAT_HELP}; rename the fields or pass --format"
+        path,
+        f"cannot tell the example format from the keys {sorted(keys)}; "
+        f"accepted: {_FORMAT_HELP}; rename the fields or pass --format",
     )
 
 
@@ -393,7 +407,10 @@ def _from_prompt_completion(record: dict[str, Any]) -> dict[str, Any]:
     if isinstance(prompt, list) and isinstance(completion, list):  # TRL's conversational form
         messages = prompt + completion
     else:
-        messages = [{"role": "user", "content": _text(record, keys[0])}, {"role": "assistant", "content": _text(record, keys[1])}]
+        messages = [
+            {"role": "user", "content": _text(record, keys[0])},
+            {"role": "assistant", "content": _text(record, keys[1])},
+        ]
     return {**_rest(record, keys), "messages": messages}
 
 
@@ -410,10 +427,14 @@ def _from_sharegpt(record: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(turn, dict):
             raise Unconvertible("a turn is not a JSON object", where)
         if set(turn) - {"from", "value"}:
-            raise Unconvertible(f"unexpected keys {sorted(set(turn) - {'from', 'value'})}; a turn has `from` and `value`", where)
+            raise Unconvertible(
+                f"unexpected keys {sorted(set(turn) - {'from', 'value'})}; a turn has `from` and `value`", where
+            )
         speaker, value = turn.get("from"), turn.get("value")
         if speaker not in _SHAREGPT_SPEAKERS:
-            raise Unconvertible(f"unknown speaker {speaker!r}; expected one of {', '.join(_SHAREGPT_SPEAKERS)}", f"{where}.from")
+            raise Unconvertible(
+                f"unknown speaker {speaker!r}; expected one of {', '.join(_SHAREGPT_SPEAKERS)}", f"{where}.from"
+            )
         if not isinstance(value, str):
             raise Unconvertible(f"`value` is a {type(value).__name__}, expected a string", f"{where}.value")
         if speaker == "function_call":
@@ -507,8 +528,15 @@ def _plain_turns(conversation: Conversation, fmt: str) -> tuple[str, list[tuple[
     """System text and (user, assistant) pairs, or ValueError if the conversation has another shape."""
     system, rest = _split_system(conversation.messages)
     roles = [m.get("role") for m in rest]
-    if conversation.tools or any(m.get("tool_calls") for m in rest) or roles != ["user", "assistant"] * (len(rest) // 2) or not rest:
-        raise ValueError(f"{conversation.source}: {fmt} holds alternating user/assistant turns without tools; this conversation has {roles}")
+    if (
+        conversation.tools
+        or any(m.get("tool_calls") for m in rest)
+        or roles != ["user", "assistant"] * (len(rest) // 2)
+        or not rest
+    ):
+        raise ValueError(
+            f"{conversation.source}: {fmt} holds alternating user/assistant turns without tools; this conversation has {roles}"
+        )
     return system, [(rest[i]["content"], rest[i + 1]["content"]) for i in range(0, len(rest), 2)]
 
 
@@ -527,7 +555,11 @@ def _to_alpaca(conversation: Conversation) -> dict[str, Any]:
 
 def _to_prompt_completion(conversation: Conversation) -> dict[str, Any]:
     messages = conversation.messages
-    if [m.get("role") for m in messages] == ["user", "assistant"] and not conversation.tools and not messages[1].get("tool_calls"):
+    if (
+        [m.get("role") for m in messages] == ["user", "assistant"]
+        and not conversation.tools
+        and not messages[1].get("tool_calls")
+    ):
         out: dict[str, Any] = {"prompt": messages[0]["content"], "completion": messages[1]["content"]}
     else:
         out = {"prompt": messages[:-1], "completion": messages[-1:]}
@@ -545,7 +577,12 @@ def _to_sharegpt(conversation: Conversation) -> dict[str, Any]:
             if m.get("content"):
                 raise ValueError(f"{conversation.source}: sharegpt cannot hold text and tool calls in one turn")
             calls = [_call_to_sharegpt(c["function"]) for c in m["tool_calls"]]
-            turns.append({"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)})
+            turns.append(
+                {
+                    "from": "function_call",
+                    "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False),
+                }
+            )
         else:
             turns.append({"from": speakers[m["role"]], "value": m["content"]})
     out: dict[str, Any] = {"conversations": turns}
@@ -591,7 +628,9 @@ class ConvertResult:
 
     def summary(self, show: int = 10) -> str:
         """A few lines for people: what was written, and where the first skipped rows are."""
-        lines = [f"{self.format} → messages: {self.rows_written} of {self.rows_read} rows written to {self.output_path}"]
+        lines = [
+            f"{self.format} → messages: {self.rows_written} of {self.rows_read} rows written to {self.output_path}"
+        ]
         if self.skipped:
             counts = ", ".join(f"{code} {n}" for code, n in sorted(self.reasons().items()))
             lines.append(f"{self.failed} row{'s' if self.failed > 1 else ''} skipped ({counts}):")

@@ -23,21 +23,44 @@ from tunesmith.data.schema import Conversation, Finding
 # run of spaces matches any whitespace. The "sorry" openers come with and without their comma.
 _SORRY = ["I'm sorry, but", "I am sorry, but", "I'm sorry,", "I am sorry,", "I apologize, but", "Sorry, but"]
 _CANNOT = [
-    "I can't", "I cannot", "I can not", "I won't be able to",
-    "I'm unable to", "I am unable to", "I'm not able to", "I am not able to",
-    "I don't have the capability", "I do not have the capability",
-    "I don't have the ability", "I do not have the ability", "as an AI",
-]  # fmt: skip
+    "I can't",
+    "I cannot",
+    "I can not",
+    "I won't be able to",
+    "I'm unable to",
+    "I am unable to",
+    "I'm not able to",
+    "I am not able to",
+    "I don't have the capability",
+    "I do not have the capability",
+    "I don't have the ability",
+    "I do not have the ability",
+    "as an AI",
+]
 REFUSAL_PHRASES: tuple[str, ...] = (
     *(f"{s} {c}" for s in (*_SORRY, *(s.replace(",", "") for s in _SORRY)) for c in _CANNOT),
     # A disclaimer opens a clause, so the comma is required ("trained as a language model." is not
     # one), except in the one phrase nobody writes otherwise.
-    "As an AI language model", "As an AI model,", "As a language model,", "As an AI assistant,", "As an AI,",
-    "I cannot assist", "I can't assist", "I'm unable to assist", "I am unable to assist",
-    "I cannot help with that", "I can't help with that", "I cannot help with this", "I can't help with this",
-    "I cannot fulfill", "I can't fulfill", "I cannot comply", "I can't comply",
-    "I cannot provide assistance", "I can't provide assistance",
-)  # fmt: skip
+    "As an AI language model",
+    "As an AI model,",
+    "As a language model,",
+    "As an AI assistant,",
+    "As an AI,",
+    "I cannot assist",
+    "I can't assist",
+    "I'm unable to assist",
+    "I am unable to assist",
+    "I cannot help with that",
+    "I can't help with that",
+    "I cannot help with this",
+    "I can't help with this",
+    "I cannot fulfill",
+    "I can't fulfill",
+    "I cannot comply",
+    "I can't comply",
+    "I cannot provide assistance",
+    "I can't provide assistance",
+)
 
 
 def _word_pattern(word: str) -> str:

@@ -26,7 +26,9 @@ def verdict(report: CheckReport) -> str:
     errors, warnings = by_severity[Severity.ERROR], by_severity[Severity.WARNING]
     if report.blocking:
         codes = ", ".join(c for c in report.counts if CODES[c].severity is Severity.ERROR)
-        return f"BLOCKED: {errors} error finding(s) ({codes}); fix them, or run `tunesmith data clean` to drop those rows"
+        return (
+            f"BLOCKED: {errors} error finding(s) ({codes}); fix them, or run `tunesmith data clean` to drop those rows"
+        )
     if warnings:
         return f"OK to train: nothing blocks, but {warnings} warning(s) would teach the wrong thing; `tunesmith data clean` drops most"
     return "OK to train: nothing blocks and nothing warns"
@@ -71,7 +73,12 @@ def print_report(report: CheckReport, console: Console | None = None, *, example
         for code in codes:
             severity = CODES[code].severity
             style = _STYLE[severity]
-            table.add_row(f"[{style}]{code}[/]", f"[{style}]{severity.value}[/]", str(report.counts[code]), escape(CODES[code].summary))
+            table.add_row(
+                f"[{style}]{code}[/]",
+                f"[{style}]{severity.value}[/]",
+                str(report.counts[code]),
+                escape(CODES[code].summary),
+            )
         console.print(table)
         by_code: dict[str, list[Finding]] = defaultdict(list)
         for f in report.findings:

@@ -29,7 +29,9 @@ class TokenView:
     trained: bool
 
 
-def token_view(conversation: Conversation | list[dict[str, Any]], tokenizer: Any, train_on: TrainOn = "all") -> list[TokenView]:
+def token_view(
+    conversation: Conversation | list[dict[str, Any]], tokenizer: Any, train_on: TrainOn = "all"
+) -> list[TokenView]:
     """The tokens of one conversation, each with its text and whether it carries loss. The texts join
     back into exactly the rendered conversation (plus EOS when tunesmith appends it). Raises
     TemplateError, like `template.encode`."""
@@ -87,8 +89,10 @@ def summary(views: list[TokenView], tokenizer: Any) -> str:
     if last == tokenizer.eos_token_id:
         return f"{head}; the final answer ends with {name!r} (EOS)"
     if last in tokenizer.all_special_ids or last in tokenizer.added_tokens_decoder:
-        return (f"{head}; the final answer ends with {name!r}, an end-of-turn token that is not EOS "
-                f"({tokenizer.eos_token!r}): generation must stop on both")
+        return (
+            f"{head}; the final answer ends with {name!r}, an end-of-turn token that is not EOS "
+            f"({tokenizer.eos_token!r}): generation must stop on both"
+        )
     return f"{head}; the final answer ends with no end-of-turn token ({name!r}): the model may not learn to stop"
 
 

@@ -113,11 +113,15 @@ def read_chat_template(template: str | Path) -> str:
         return text
     path = Path(text)
     if not path.is_file():
-        raise FileNotFoundError(f"chat template {text!r}: no such file (give a Jinja template or a path to a .jinja file)")
+        raise FileNotFoundError(
+            f"chat template {text!r}: no such file (give a Jinja template or a path to a .jinja file)"
+        )
     return path.read_text(encoding="utf-8")
 
 
-def load_tokenizer(name_or_path: str | Path, *, chat_template: str | Path | None = None, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(
+    name_or_path: str | Path, *, chat_template: str | Path | None = None, trust_remote_code: bool = False
+) -> Any:
     """AutoTokenizer for a hub id or a local directory; `chat_template` (text or path) replaces its
     own. A tokenizer without any template gets DEFAULT_CHAT_TEMPLATE, so a saved fine-tune carries the
     template it was trained with; `inspect_tokenizer` reports it as `no_chat_template`."""
@@ -282,7 +286,11 @@ def _region_end(text: str, pos: int, after: str, last: bool, message: dict[str, 
 
 
 def _locate_by_sentinels(
-    text: str, messages: list[dict[str, Any]], tokenizer: Any, tools: list[dict[str, Any]] | None, whole_tool_calls: bool
+    text: str,
+    messages: list[dict[str, Any]],
+    tokenizer: Any,
+    tools: list[dict[str, Any]] | None,
+    whole_tool_calls: bool,
 ) -> dict[int, tuple[int, int]]:
     """Render once more with each answer replaced by a sentinel; the template text between sentinels
     anchors each answer in the real text exactly. Empty when the two renders do not line up."""
@@ -324,7 +332,11 @@ def _locate_by_sentinels(
 
 
 def render(
-    messages: list[dict[str, Any]], tokenizer: Any, *, tools: list[dict[str, Any]] | None = None, train_on: TrainOn = "all"
+    messages: list[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    train_on: TrainOn = "all",
 ) -> Rendered:
     """Render a conversation with the tokenizer's chat template and find the characters to train.
 
@@ -360,7 +372,9 @@ def render(
 # --- tokens and labels -----------------------------------------------------------------------------
 
 
-def label(rendered: Rendered, input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], specials: _Specials) -> Encoded:
+def label(
+    rendered: Rendered, input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], specials: _Specials
+) -> Encoded:
     """Labels for the tokens of `rendered.text`: a token is trained when it overlaps a trained span,
     and so is the end-of-turn token after each span. Two binary searches on the offsets per span and
     list slice assignment, no loop over tokens: ~10 µs for a 300-token row, where merely converting
@@ -397,7 +411,9 @@ def label(rendered: Rendered, input_ids: Sequence[int], offsets: Sequence[tuple[
     )
 
 
-def _end_of_turn(text: str, ids: list[int], offsets: Sequence[tuple[int, int]], specials: _Specials, lo: int, hi: int) -> int | None:
+def _end_of_turn(
+    text: str, ids: list[int], offsets: Sequence[tuple[int, int]], specials: _Specials, lo: int, hi: int
+) -> int | None:
     """Index of the end-of-turn token after the answer in tokens [lo, hi): the first special token
     after it, with only whitespace tokens between. BOS never ends a turn."""
     if lo < hi and ids[hi - 1] in specials.ids and ids[hi - 1] != specials.bos_id:
@@ -420,7 +436,11 @@ def tokenize(tokenizer: Any, texts: list[str]) -> Any:
 
 
 def encode(
-    messages: list[dict[str, Any]], tokenizer: Any, *, tools: list[dict[str, Any]] | None = None, train_on: TrainOn = "all"
+    messages: list[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    train_on: TrainOn = "all",
 ) -> Encoded:
     """One conversation to input_ids, labels and attention_mask. Raises TemplateError."""
     return encode_rendered(render(messages, tokenizer, tools=tools, train_on=train_on), tokenizer)
@@ -448,12 +468,16 @@ def iter_encode(
         yield from _encode_chunk(chunk, tokenizer, train_on, specials)
 
 
-def encode_batch(conversations: Iterable[Conversation], tokenizer: Any, *, train_on: TrainOn = "all") -> list[Encoded | TemplateError]:
+def encode_batch(
+    conversations: Iterable[Conversation], tokenizer: Any, *, train_on: TrainOn = "all"
+) -> list[Encoded | TemplateError]:
     """`encode` for many conversations: one result per row, a TemplateError for a row that fails."""
     return list(iter_encode(conversations, tokenizer, train_on=train_on))
 
 
-def _encode_chunk(chunk: list[Conversation], tokenizer: Any, train_on: TrainOn, specials: _Specials) -> Iterator[Encoded | TemplateError]:
+def _encode_chunk(
+    chunk: list[Conversation], tokenizer: Any, train_on: TrainOn, specials: _Specials
+) -> Iterator[Encoded | TemplateError]:
     rendered: list[Rendered | TemplateError] = []
     for conversation in chunk:
         try:
@@ -487,20 +511,37 @@ def inspect_tokenizer(tokenizer: Any) -> list[tuple[str, str]]:
     two-turn conversation with a system message."""
     findings: list[tuple[str, str]] = []
     if not tokenizer.chat_template or tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE:
-        findings.append(("no_chat_template", "the tokenizer has no chat template: tunesmith uses its default "
-                         "(plain-text '### Role:' headers, EOS after each answer); set model.chat_template to use another"))
+        findings.append(
+            (
+                "no_chat_template",
+                "the tokenizer has no chat template: tunesmith uses its default "
+                "(plain-text '### Role:' headers, EOS after each answer); set model.chat_template to use another",
+            )
+        )
     try:
         rendered = render([_PROBE_SYSTEM, *_PROBE], tokenizer)
         if _PROBE_SYSTEM["content"] not in rendered.text:
-            findings.append(("template_drops_content", "the chat template drops system messages: the model never "
-                             "sees them; merge them into the first user message or set model.chat_template"))
+            findings.append(
+                (
+                    "template_drops_content",
+                    "the chat template drops system messages: the model never "
+                    "sees them; merge them into the first user message or set model.chat_template",
+                )
+            )
     except TemplateError as e:
-        findings.append(("template_error", f"the chat template rejects a system message ({e.message}); every row "
-                         "with one will fail: merge it into the first user message or set model.chat_template"))
+        findings.append(
+            (
+                "template_error",
+                f"the chat template rejects a system message ({e.message}); every row "
+                "with one will fail: merge it into the first user message or set model.chat_template",
+            )
+        )
         try:
             rendered = render(_PROBE, tokenizer)
         except TemplateError as e2:
-            findings.append(("template_error", f"the chat template rejects a plain user/assistant conversation: {e2.message}"))
+            findings.append(
+                ("template_error", f"the chat template rejects a plain user/assistant conversation: {e2.message}")
+            )
             return findings + _pad_findings(tokenizer)
     encoded = encode_rendered(rendered, tokenizer)
     findings += _bos_findings(tokenizer, rendered.text)
@@ -515,9 +556,14 @@ def _bos_findings(tokenizer: Any, text: str) -> list[tuple[str, str]]:
     ids = tokenizer(text).input_ids  # default add_special_tokens=True, as naive code would call it
     if ids[:2] != [tokenizer.bos_token_id] * 2:
         return []
-    return [("double_bos", f"the chat template writes {bos} and tokenizer(text) adds another one; tunesmith "
-             "tokenizes rendered text with add_special_tokens=False (as apply_chat_template does), so only "
-             "code that tokenizes rendered text itself gets two")]
+    return [
+        (
+            "double_bos",
+            f"the chat template writes {bos} and tokenizer(text) adds another one; tunesmith "
+            "tokenizes rendered text with add_special_tokens=False (as apply_chat_template does), so only "
+            "code that tokenizes rendered text itself gets two",
+        )
+    ]
 
 
 def _stop_findings(tokenizer: Any, encoded: Encoded) -> list[tuple[str, str]]:
@@ -526,18 +572,28 @@ def _stop_findings(tokenizer: Any, encoded: Encoded) -> list[tuple[str, str]]:
     others = sorted({t for t in encoded.terminators if t is not None and t != tokenizer.eos_token_id})
     if others:
         names = ", ".join(tokenizer.convert_ids_to_tokens(others))
-        out.append(("stop_token_mismatch", f"assistant turns end with {names} but eos_token is {eos}: generation "
-                    f"must stop on both (pass both ids as eos_token_id)"))
+        out.append(
+            (
+                "stop_token_mismatch",
+                f"assistant turns end with {names} but eos_token is {eos}: generation "
+                f"must stop on both (pass both ids as eos_token_id)",
+            )
+        )
     if None in encoded.terminators:
-        how = (f"tunesmith appends {eos} after the final answer and trains it, so the model still learns to stop"
-               if eos else "the tokenizer has no eos_token either, so the model cannot learn to stop")
+        how = (
+            f"tunesmith appends {eos} after the final answer and trains it, so the model still learns to stop"
+            if eos
+            else "the tokenizer has no eos_token either, so the model cannot learn to stop"
+        )
         out.append(("no_end_of_turn", f"the chat template writes no end-of-turn token after an assistant turn; {how}"))
     return out
 
 
 def _pad_findings(tokenizer: Any) -> list[tuple[str, str]]:
-    how = ("tunesmith pads by position (attention_mask 0) and masks labels by position, not by token id, "
-           "so the trained EOS is still learned")
+    how = (
+        "tunesmith pads by position (attention_mask 0) and masks labels by position, not by token id, "
+        "so the trained EOS is still learned"
+    )
     if tokenizer.pad_token is None:
         return [("pad_token", f"the tokenizer has no pad token; {how}")]
     if tokenizer.pad_token_id == tokenizer.eos_token_id:

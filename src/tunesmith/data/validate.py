@@ -39,7 +39,11 @@ def validate_row(raw: Any, source: Source) -> Row:
     messages = raw.get("messages")
     if not isinstance(messages, list) or not messages:
         what = "missing" if "messages" not in raw else "empty" if messages == [] else f"a {_kind(messages)}"
-        add("missing_messages", f"`messages` is {what}; expected a list of {{role, content}} objects (keys: {', '.join(raw)})", "messages")
+        add(
+            "missing_messages",
+            f"`messages` is {what}; expected a list of {{role, content}} objects (keys: {', '.join(raw)})",
+            "messages",
+        )
         return row
     checked = [_check_message(m, i, add) for i, m in enumerate(messages)]
     roles = [m.get("role") if m is not None else None for m in checked]
@@ -58,35 +62,62 @@ def validate_row(raw: Any, source: Source) -> Row:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
 
 
 def _check_message(message: Any, index: int, add: Any) -> dict[str, Any] | None:
     """Findings for one message; returns it (its content joined if it was text parts), or None."""
     # Fast path for the common well-formed message: a few lookups, no strings built.
-    if type(message) is dict and type(message.get("content")) is str and message.get("role") in ROLES and message.keys() <= MESSAGE_KEYS:
+    if (
+        type(message) is dict
+        and type(message.get("content")) is str
+        and message.get("role") in ROLES
+        and message.keys() <= MESSAGE_KEYS
+    ):
         return message
     where = f"messages[{index}]"
     if not isinstance(message, dict):
-        add("message_not_object", f"a message is a JSON {_kind(message)}; expected an object with role and content", where)
+        add(
+            "message_not_object",
+            f"a message is a JSON {_kind(message)}; expected an object with role and content",
+            where,
+        )
         return None
     role = message.get("role")
     if role is None:
-        add("missing_role", f"the message has no `role` (keys: {', '.join(message) or 'none'}); use one of {', '.join(ROLES)}", f"{where}.role")
+        add(
+            "missing_role",
+            f"the message has no `role` (keys: {', '.join(message) or 'none'}); use one of {', '.join(ROLES)}",
+            f"{where}.role",
+        )
     elif role not in ROLES:
         hint = f"; did you mean {_ROLE_HINTS[role]!r}?" if isinstance(role, str) and role in _ROLE_HINTS else ""
         add("unknown_role", f"role {role!r} is not one of {', '.join(ROLES)}{hint}", f"{where}.role")
     for key in sorted(set(message) - MESSAGE_KEYS):
-        add("unknown_message_key", f"unknown key `{key}`; a message may have {', '.join(sorted(MESSAGE_KEYS))}", f"{where}.{key}")
+        add(
+            "unknown_message_key",
+            f"unknown key `{key}`; a message may have {', '.join(sorted(MESSAGE_KEYS))}",
+            f"{where}.{key}",
+        )
     content = message.get("content")
     if content is None:
         if not (role == "assistant" and (message.get("tool_calls") or message.get("function_call"))):
             what = "null" if "content" in message else "missing"
-            add("missing_content", f"`content` is {what}; only an assistant message with tool_calls may omit it", f"{where}.content")
+            add(
+                "missing_content",
+                f"`content` is {what}; only an assistant message with tool_calls may omit it",
+                f"{where}.content",
+            )
     elif isinstance(content, list) and content and all(_is_text_part(p) for p in content):
         return {**message, "content": "".join(p["text"] for p in content)}
     elif not isinstance(content, str):
-        add("non_string_content", f"`content` is a {_kind(content)}; expected a string (or a list of text parts)", f"{where}.content")
+        add(
+            "non_string_content",
+            f"`content` is a {_kind(content)}; expected a string (or a list of text parts)",
+            f"{where}.content",
+        )
     return message
 
 
@@ -99,11 +130,19 @@ def _check_order(roles: list[str], add: Any) -> None:
     if "assistant" not in roles:
         add("no_assistant_message", "no assistant message: nothing to learn from this row")
     elif roles[last] != "assistant":
-        add("last_not_assistant", f"the conversation ends with a {roles[last]} message; end it with the assistant's answer", f"messages[{last}].role")
+        add(
+            "last_not_assistant",
+            f"the conversation ends with a {roles[last]} message; end it with the assistant's answer",
+            f"messages[{last}].role",
+        )
     # Tool results sit between an assistant's tool call and its next answer, so they break a run.
     for i in range(1, len(roles)):
         if roles[i] == roles[i - 1] and roles[i] in _TURN_ROLES:
-            add("consecutive_roles", f"two {roles[i]} messages in a row (messages[{i - 1}] and [{i}]); merge them or add the missing turn", f"messages[{i}].role")
+            add(
+                "consecutive_roles",
+                f"two {roles[i]} messages in a row (messages[{i - 1}] and [{i}]); merge them or add the missing turn",
+                f"messages[{i}].role",
+            )
     if "user" not in roles:
         add("no_user_message", "no user message: the model learns to answer nothing")
     if "system" not in roles:

@@ -92,34 +92,88 @@ _FIRST = (
     "Wei Mei Carlos Ana Pierre Camille Nils Astrid"
 ).split()
 _LAST = (
-    "Smith Johnson Brown Garcia Miller Davis Martin Bernard Dubois Muller Schmidt Schneider Fischer Rossi "
-    "Russo Bianchi Fernandez Lopez Martinez Silva Santos Costa Jansen De_Vries Bakker Nowak Kowalski "
-    "Novak Svoboda Larsen Hansen Nielsen Johansson Andersson Murphy Kelly O'Brien O'Connor Walsh Taylor "
-    "Wilson Evans Thomas Roberts Tanaka Sato Kim Nguyen Chen Wang Patel Shah Khan Ali Cohen Levi"
-).replace("_", " ").split()
+    (
+        "Smith Johnson Brown Garcia Miller Davis Martin Bernard Dubois Muller Schmidt Schneider Fischer Rossi "
+        "Russo Bianchi Fernandez Lopez Martinez Silva Santos Costa Jansen De_Vries Bakker Nowak Kowalski "
+        "Novak Svoboda Larsen Hansen Nielsen Johansson Andersson Murphy Kelly O'Brien O'Connor Walsh Taylor "
+        "Wilson Evans Thomas Roberts Tanaka Sato Kim Nguyen Chen Wang Patel Shah Khan Ali Cohen Levi"
+    )
+    .replace("_", " ")
+    .split()
+)
 _CITIES = {  # city: (country, weight): a few big cities, a long tail
-    "London": ("United Kingdom", 9), "Manchester": ("United Kingdom", 3), "Edinburgh": ("United Kingdom", 2),
-    "Paris": ("France", 8), "Lyon": ("France", 3), "Marseille": ("France", 2),
-    "Berlin": ("Germany", 7), "Munich": ("Germany", 4), "Hamburg": ("Germany", 3),
-    "Madrid": ("Spain", 5), "Barcelona": ("Spain", 5), "Valencia": ("Spain", 2),
-    "Rome": ("Italy", 4), "Milan": ("Italy", 4), "Amsterdam": ("Netherlands", 5), "Rotterdam": ("Netherlands", 2),
-    "Lisbon": ("Portugal", 3), "Porto": ("Portugal", 2), "Dublin": ("Ireland", 3), "Vienna": ("Austria", 3),
-    "Zurich": ("Switzerland", 2), "Stockholm": ("Sweden", 3), "Oslo": ("Norway", 2), "Copenhagen": ("Denmark", 2),
-    "Warsaw": ("Poland", 3), "Prague": ("Czech Republic", 2), "New York": ("United States", 6),
-    "Chicago": ("United States", 3), "Austin": ("United States", 2), "Toronto": ("Canada", 3),
-    "Montréal": ("Canada", 2), "Sydney": ("Australia", 2), "São Paulo": ("Brazil", 2),
-}  # fmt: skip
+    "London": ("United Kingdom", 9),
+    "Manchester": ("United Kingdom", 3),
+    "Edinburgh": ("United Kingdom", 2),
+    "Paris": ("France", 8),
+    "Lyon": ("France", 3),
+    "Marseille": ("France", 2),
+    "Berlin": ("Germany", 7),
+    "Munich": ("Germany", 4),
+    "Hamburg": ("Germany", 3),
+    "Madrid": ("Spain", 5),
+    "Barcelona": ("Spain", 5),
+    "Valencia": ("Spain", 2),
+    "Rome": ("Italy", 4),
+    "Milan": ("Italy", 4),
+    "Amsterdam": ("Netherlands", 5),
+    "Rotterdam": ("Netherlands", 2),
+    "Lisbon": ("Portugal", 3),
+    "Porto": ("Portugal", 2),
+    "Dublin": ("Ireland", 3),
+    "Vienna": ("Austria", 3),
+    "Zurich": ("Switzerland", 2),
+    "Stockholm": ("Sweden", 3),
+    "Oslo": ("Norway", 2),
+    "Copenhagen": ("Denmark", 2),
+    "Warsaw": ("Poland", 3),
+    "Prague": ("Czech Republic", 2),
+    "New York": ("United States", 6),
+    "Chicago": ("United States", 3),
+    "Austin": ("United States", 2),
+    "Toronto": ("Canada", 3),
+    "Montréal": ("Canada", 2),
+    "Sydney": ("Australia", 2),
+    "São Paulo": ("Brazil", 2),
+}
 _PRODUCTS = {  # category: (price range in dollars, items)
-    "Electronics": ((9, 450), "Wireless Mouse|Mechanical Keyboard|USB-C Charger|Bluetooth Speaker|Noise-Cancelling Headphones|27-inch Monitor|HD Webcam|External SSD 1TB|Smartwatch|Power Bank|HDMI Cable|Wi-Fi Router|E-Reader"),
-    "Books": ((8, 45), "Learning SQL|The Silent Harbor|A Brief History of Maps|Cooking for Two|The Data Detective|Mountains of Dawn|Python Crash Course|The Last Lighthouse|Gardening Basics|Stars Over Lisbon|The Patient Investor|Tales of the North"),
-    "Kitchen": ((5, 400), "Chef's Knife|Cast Iron Skillet|French Press|Electric Kettle|Bamboo Cutting Board|Blender|Toaster|Measuring Cups|Espresso Machine|Salad Spinner|Non-Stick Pan|Spice Rack"),
-    "Garden": ((6, 350), "Garden Hose|Pruning Shears|Watering Can|Seed Starter Kit|Raised Garden Bed|Lawn Mower|Wheelbarrow|Bird Feeder|Solar Garden Lights|Compost Bin|Hedge Trimmer"),
-    "Sports": ((7, 220), "Yoga Mat|Dumbbell Set|Running Shoes|Tennis Racket|Cycling Helmet|Jump Rope|Football|Water Bottle|Resistance Bands|Hiking Backpack|Swim Goggles|Foam Roller"),
-    "Toys": ((6, 120), "Building Blocks|Jigsaw Puzzle 1000 Pieces|Plush Bear|Remote Control Car|Board Game Classic|Kite|Wooden Train Set|Art Easel|Toy Kitchen|Marble Run"),
-    "Clothing": ((9, 180), "Rain Jacket|Wool Sweater|Denim Jeans|Cotton T-Shirt|Linen Shirt|Winter Scarf|Knit Beanie|Leather Belt|Hoodie|Trail Socks|Summer Dress"),
-    "Beauty": ((4, 90), "Face Cream|Argan Shampoo|Lip Balm|Sunscreen SPF 50|Hair Dryer|Hand Soap|Body Lotion|Nail Polish Set|Beard Oil|Eye Serum"),
-    "Office": ((2, 350), "Notebook A5|Fountain Pen|Desk Lamp|Stapler|Ergonomic Chair|Sticky Notes|Monitor Stand|Paper Shredder|Whiteboard|Desk Organizer|Label Maker"),
-}  # fmt: skip
+    "Electronics": (
+        (9, 450),
+        "Wireless Mouse|Mechanical Keyboard|USB-C Charger|Bluetooth Speaker|Noise-Cancelling Headphones|27-inch Monitor|HD Webcam|External SSD 1TB|Smartwatch|Power Bank|HDMI Cable|Wi-Fi Router|E-Reader",
+    ),
+    "Books": (
+        (8, 45),
+        "Learning SQL|The Silent Harbor|A Brief History of Maps|Cooking for Two|The Data Detective|Mountains of Dawn|Python Crash Course|The Last Lighthouse|Gardening Basics|Stars Over Lisbon|The Patient Investor|Tales of the North",
+    ),
+    "Kitchen": (
+        (5, 400),
+        "Chef's Knife|Cast Iron Skillet|French Press|Electric Kettle|Bamboo Cutting Board|Blender|Toaster|Measuring Cups|Espresso Machine|Salad Spinner|Non-Stick Pan|Spice Rack",
+    ),
+    "Garden": (
+        (6, 350),
+        "Garden Hose|Pruning Shears|Watering Can|Seed Starter Kit|Raised Garden Bed|Lawn Mower|Wheelbarrow|Bird Feeder|Solar Garden Lights|Compost Bin|Hedge Trimmer",
+    ),
+    "Sports": (
+        (7, 220),
+        "Yoga Mat|Dumbbell Set|Running Shoes|Tennis Racket|Cycling Helmet|Jump Rope|Football|Water Bottle|Resistance Bands|Hiking Backpack|Swim Goggles|Foam Roller",
+    ),
+    "Toys": (
+        (6, 120),
+        "Building Blocks|Jigsaw Puzzle 1000 Pieces|Plush Bear|Remote Control Car|Board Game Classic|Kite|Wooden Train Set|Art Easel|Toy Kitchen|Marble Run",
+    ),
+    "Clothing": (
+        (9, 180),
+        "Rain Jacket|Wool Sweater|Denim Jeans|Cotton T-Shirt|Linen Shirt|Winter Scarf|Knit Beanie|Leather Belt|Hoodie|Trail Socks|Summer Dress",
+    ),
+    "Beauty": (
+        (4, 90),
+        "Face Cream|Argan Shampoo|Lip Balm|Sunscreen SPF 50|Hair Dryer|Hand Soap|Body Lotion|Nail Polish Set|Beard Oil|Eye Serum",
+    ),
+    "Office": (
+        (2, 350),
+        "Notebook A5|Fountain Pen|Desk Lamp|Stapler|Ergonomic Chair|Sticky Notes|Monitor Stand|Paper Shredder|Whiteboard|Desk Organizer|Label Maker",
+    ),
+}
 N_CUSTOMERS, N_ORDERS = 400, 2000
 FIRST_ORDER_DAY, LAST_ORDER_DAY = date(2022, 1, 1), date(2024, 12, 31)
 
@@ -141,7 +195,9 @@ def _shop_rows(rng: random.Random) -> dict[str, list[tuple[Any, ...]]]:
             k += 1
             email = f"{local}{k}@{domain}"
         emails.add(email)
-        customers.append((cid, first, last, email, city, _CITIES[city][0], _day(rng, date(2021, 1, 1), date(2024, 6, 30))))
+        customers.append(
+            (cid, first, last, email, city, _CITIES[city][0], _day(rng, date(2021, 1, 1), date(2024, 6, 30)))
+        )
     products, pid = [], 0
     for category, ((lo, hi), items) in _PRODUCTS.items():
         for name in items.split("|"):
@@ -215,7 +271,11 @@ class _Facts:
             countries=col("SELECT DISTINCT country FROM customers ORDER BY country"),
             categories=col("SELECT DISTINCT category FROM products ORDER BY category"),
             products=col("SELECT name FROM products WHERE id IN (SELECT product_id FROM order_items) ORDER BY id"),
-            buyers=list(db.execute("SELECT DISTINCT c.first_name, c.last_name FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY c.id")),
+            buyers=list(
+                db.execute(
+                    "SELECT DISTINCT c.first_name, c.last_name FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY c.id"
+                )
+            ),
             order_ids=col("SELECT id FROM orders ORDER BY id"),
         )
 
@@ -266,14 +326,23 @@ def _template(registry: dict[str, Callable[[_Draw], Turns]]) -> Callable:
 @_template(_TEMPLATES)
 def _customers_in_city_count(d: _Draw) -> Turns:
     c = d.one(*d.f.cities)
-    q = d.one(f"How many customers live in {c}?", f"What is the number of customers based in {c}?", f"Count the customers from {c}.", f"how many of our customers are in {c}")
+    q = d.one(
+        f"How many customers live in {c}?",
+        f"What is the number of customers based in {c}?",
+        f"Count the customers from {c}.",
+        f"how many of our customers are in {c}",
+    )
     return [(q, f"SELECT COUNT(*) FROM customers WHERE city = {_q(c)};")]
 
 
 @_template(_TEMPLATES)
 def _customers_in_country_count(d: _Draw) -> Turns:
     c = d.one(*d.f.countries)
-    q = d.one(f"How many customers do we have in {c}?", f"Number of customers located in {c}?", f"What's our customer count for {c}?")
+    q = d.one(
+        f"How many customers do we have in {c}?",
+        f"Number of customers located in {c}?",
+        f"What's our customer count for {c}?",
+    )
     return [(q, f"SELECT COUNT(*) FROM customers WHERE country = {_q(c)};")]
 
 
@@ -284,27 +353,48 @@ def _city_list(c: str, extra: str = "") -> str:
 @_template(_TEMPLATES)
 def _customers_in_city_list(d: _Draw, c: str | None = None) -> Turns:
     c = c or d.one(*d.f.cities)
-    q = d.one(f"List the names of customers who live in {c}.", f"Which customers are from {c}? Give first and last names.", f"Show me every customer in {c}, sorted by last name.")
+    q = d.one(
+        f"List the names of customers who live in {c}.",
+        f"Which customers are from {c}? Give first and last names.",
+        f"Show me every customer in {c}, sorted by last name.",
+    )
     return [(q, _city_list(c))]
 
 
 @_template(_TEMPLATES)
 def _customers_per_country(d: _Draw) -> Turns:
-    q = d.one("How many customers do we have in each country?", "Give the customer count per country, largest first.", "Break down our customers by country.")
+    q = d.one(
+        "How many customers do we have in each country?",
+        "Give the customer count per country, largest first.",
+        "Break down our customers by country.",
+    )
     return [(q, "SELECT country, COUNT(*) AS customers FROM customers GROUP BY country ORDER BY customers DESC;")]
 
 
 @_template(_TEMPLATES)
 def _countries_with_many_customers(d: _Draw) -> Turns:
     n = d.one(5, 10, 15, 20, 25, 30)
-    q = d.one(f"Which countries have more than {n} customers?", f"List the countries where we have over {n} customers.", f"Show countries with a customer count above {n}.")
-    return [(q, f"SELECT country, COUNT(*) AS customers FROM customers GROUP BY country HAVING COUNT(*) > {n} ORDER BY customers DESC;")]
+    q = d.one(
+        f"Which countries have more than {n} customers?",
+        f"List the countries where we have over {n} customers.",
+        f"Show countries with a customer count above {n}.",
+    )
+    return [
+        (
+            q,
+            f"SELECT country, COUNT(*) AS customers FROM customers GROUP BY country HAVING COUNT(*) > {n} ORDER BY customers DESC;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _signups_in_year(d: _Draw) -> Turns:
     y = d.rng.randint(2021, 2024)
-    q = d.one(f"How many customers signed up in {y}?", f"How many new customers joined during {y}?", f"Count the customer sign-ups in {y}.")
+    q = d.one(
+        f"How many customers signed up in {y}?",
+        f"How many new customers joined during {y}?",
+        f"Count the customer sign-ups in {y}.",
+    )
     return [(q, f"SELECT COUNT(*) FROM customers WHERE signup_date BETWEEN '{y}-01-01' AND '{y}-12-31';")]
 
 
@@ -313,48 +403,79 @@ def _signups_in_month(d: _Draw) -> Turns:
     y = d.rng.randint(2021, 2024)
     m = d.rng.randint(1, 6 if y == 2024 else 12)  # sign-ups end in June 2024
     label = f"{calendar.month_name[m]} {y}"
-    q = d.one(f"Which customers signed up in {label}?", f"List the customers who joined in {label}, with their sign-up dates.")
-    return [(q, f"SELECT first_name, last_name, signup_date FROM customers WHERE {_in_month('signup_date', y, m)} ORDER BY signup_date;")]
+    q = d.one(
+        f"Which customers signed up in {label}?", f"List the customers who joined in {label}, with their sign-up dates."
+    )
+    return [
+        (
+            q,
+            f"SELECT first_name, last_name, signup_date FROM customers WHERE {_in_month('signup_date', y, m)} ORDER BY signup_date;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _customer_email(d: _Draw) -> Turns:
     first, last = d.one(*d.f.buyers)
-    q = d.one(f"What is {first} {last}'s email address?", f"Find the email of the customer {first} {last}.", f"Give me the e-mail for {first} {last}.")
+    q = d.one(
+        f"What is {first} {last}'s email address?",
+        f"Find the email of the customer {first} {last}.",
+        f"Give me the e-mail for {first} {last}.",
+    )
     return [(q, f"SELECT email FROM customers WHERE first_name = {_q(first)} AND last_name = {_q(last)};")]
 
 
 @_template(_TEMPLATES)
 def _products_in_category(d: _Draw) -> Turns:
     c = d.one(*d.f.categories)
-    q = d.one(f"What products do we sell in the {c} category?", f"List all {c} products with their prices.", f"Show the names and prices of our {c} items.")
+    q = d.one(
+        f"What products do we sell in the {c} category?",
+        f"List all {c} products with their prices.",
+        f"Show the names and prices of our {c} items.",
+    )
     return [(q, f"SELECT name, price FROM products WHERE category = {_q(c)} ORDER BY name;")]
 
 
 @_template(_TEMPLATES)
 def _most_expensive_product(d: _Draw) -> Turns:
-    q = d.one("What is our most expensive product?", "Which product has the highest price?", "Find the priciest item in the shop.")
+    q = d.one(
+        "What is our most expensive product?",
+        "Which product has the highest price?",
+        "Find the priciest item in the shop.",
+    )
     return [(q, "SELECT name, price FROM products ORDER BY price DESC LIMIT 1;")]
 
 
 @_template(_TEMPLATES)
 def _cheapest_in_category(d: _Draw) -> Turns:
     c = d.one(*d.f.categories)
-    q = d.one(f"What's the cheapest item in {c}?", f"Which {c} product costs the least?", f"Find the lowest-priced product in the {c} category.")
+    q = d.one(
+        f"What's the cheapest item in {c}?",
+        f"Which {c} product costs the least?",
+        f"Find the lowest-priced product in the {c} category.",
+    )
     return [(q, f"SELECT name, price FROM products WHERE category = {_q(c)} ORDER BY price ASC LIMIT 1;")]
 
 
 @_template(_TEMPLATES)
 def _top_expensive_in_category(d: _Draw, n: int | None = None) -> Turns:
     c, n = d.one(*d.f.categories), n or d.rng.randint(3, 5)
-    q = d.one(f"Show the {n} most expensive {c} products.", f"What are the top {n} {c} items by price?", f"List {n} {c} products with the highest prices.")
+    q = d.one(
+        f"Show the {n} most expensive {c} products.",
+        f"What are the top {n} {c} items by price?",
+        f"List {n} {c} products with the highest prices.",
+    )
     return [(q, f"SELECT name, price FROM products WHERE category = {_q(c)} ORDER BY price DESC LIMIT {n};")]
 
 
 @_template(_TEMPLATES)
 def _avg_price_in_category(d: _Draw) -> Turns:
     c = d.one(*d.f.categories)
-    q = d.one(f"What is the average price of {c} products?", f"How much does a {c} item cost on average?", f"Average price in the {c} category?")
+    q = d.one(
+        f"What is the average price of {c} products?",
+        f"How much does a {c} item cost on average?",
+        f"Average price in the {c} category?",
+    )
     return [(q, f"SELECT ROUND(AVG(price), 2) FROM products WHERE category = {_q(c)};")]
 
 
@@ -362,40 +483,67 @@ def _avg_price_in_category(d: _Draw) -> Turns:
 def _products_in_price_range(d: _Draw) -> Turns:
     lo = d.one(10, 20, 25, 50, 75, 100, 150)
     hi = lo + d.one(10, 25, 50, 100)
-    q = d.one(f"Which products cost between ${lo} and ${hi}?", f"List items priced from {lo} to {hi} dollars, cheapest first.", f"Show me products with a price between {lo} and {hi}.")
+    q = d.one(
+        f"Which products cost between ${lo} and ${hi}?",
+        f"List items priced from {lo} to {hi} dollars, cheapest first.",
+        f"Show me products with a price between {lo} and {hi}.",
+    )
     return [(q, f"SELECT name, price FROM products WHERE price BETWEEN {lo} AND {hi} ORDER BY price;")]
 
 
 @_template(_TEMPLATES)
 def _low_stock(d: _Draw) -> Turns:
     n = d.one(20, 30, 50, 75, 100)
-    q = d.one(f"Which products have fewer than {n} units in stock?", f"List products with stock below {n}.", f"What items are running low, under {n} left?")
+    q = d.one(
+        f"Which products have fewer than {n} units in stock?",
+        f"List products with stock below {n}.",
+        f"What items are running low, under {n} left?",
+    )
     return [(q, f"SELECT name, stock FROM products WHERE stock < {n} ORDER BY stock;")]
 
 
 @_template(_TEMPLATES)
 def _out_of_stock(d: _Draw) -> Turns:
-    q = d.one("Which products are out of stock?", "List the items we have none of in stock.", "What products have zero stock?")
+    q = d.one(
+        "Which products are out of stock?", "List the items we have none of in stock.", "What products have zero stock?"
+    )
     return [(q, "SELECT name FROM products WHERE stock = 0;")]
 
 
 @_template(_TEMPLATES)
 def _products_per_category(d: _Draw) -> Turns:
-    q = d.one("How many products are in each category?", "Count the products per category.", "Give me the number of items we sell in every category.")
+    q = d.one(
+        "How many products are in each category?",
+        "Count the products per category.",
+        "Give me the number of items we sell in every category.",
+    )
     return [(q, "SELECT category, COUNT(*) AS products FROM products GROUP BY category ORDER BY category;")]
 
 
 @_template(_TEMPLATES)
 def _categories_with_high_avg_price(d: _Draw) -> Turns:
     x = d.one(30, 50, 75, 100, 150)
-    q = d.one(f"Which categories have an average price above ${x}?", f"List the categories whose products average more than {x} dollars.")
-    return [(q, f"SELECT category, ROUND(AVG(price), 2) AS avg_price FROM products GROUP BY category HAVING AVG(price) > {x} ORDER BY avg_price DESC;")]
+    q = d.one(
+        f"Which categories have an average price above ${x}?",
+        f"List the categories whose products average more than {x} dollars.",
+    )
+    return [
+        (
+            q,
+            f"SELECT category, ROUND(AVG(price), 2) AS avg_price FROM products GROUP BY category HAVING AVG(price) > {x} ORDER BY avg_price DESC;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _products_above_average(d: _Draw) -> Turns:
-    q = d.one("Which products cost more than the average product?", "List the products priced above the average price, most expensive first.")
-    return [(q, "SELECT name, price FROM products WHERE price > (SELECT AVG(price) FROM products) ORDER BY price DESC;")]
+    q = d.one(
+        "Which products cost more than the average product?",
+        "List the products priced above the average price, most expensive first.",
+    )
+    return [
+        (q, "SELECT name, price FROM products WHERE price > (SELECT AVG(price) FROM products) ORDER BY price DESC;")
+    ]
 
 
 @_template(_TEMPLATES)
@@ -408,156 +556,317 @@ def _orders_with_status(d: _Draw) -> Turns:
 @_template(_TEMPLATES)
 def _orders_in_month(d: _Draw) -> Turns:
     y, m, label = d.month()
-    q = d.one(f"How many orders were placed in {label}?", f"Number of orders in {label}?", f"Count the orders from {label}.")
+    q = d.one(
+        f"How many orders were placed in {label}?", f"Number of orders in {label}?", f"Count the orders from {label}."
+    )
     return [(q, f"SELECT COUNT(*) FROM orders WHERE {_in_month('order_date', y, m)};")]
 
 
 @_template(_TEMPLATES)
 def _orders_per_status(d: _Draw) -> Turns:
-    q = d.one("How many orders are there in each status?", "Break down the orders by status.", "Give me the order count per status, most common first.")
+    q = d.one(
+        "How many orders are there in each status?",
+        "Break down the orders by status.",
+        "Give me the order count per status, most common first.",
+    )
     return [(q, "SELECT status, COUNT(*) AS orders FROM orders GROUP BY status ORDER BY orders DESC;")]
 
 
 @_template(_TEMPLATES)
 def _monthly_orders(d: _Draw) -> Turns:
     y = d.year()
-    q = d.one(f"Show the number of orders per month in {y}.", f"How many orders did we get each month of {y}?", f"Monthly order counts for {y}, please.")
-    return [(q, f"SELECT strftime('%m', order_date) AS month, COUNT(*) AS orders FROM orders WHERE strftime('%Y', order_date) = '{y}' GROUP BY month ORDER BY month;")]
+    q = d.one(
+        f"Show the number of orders per month in {y}.",
+        f"How many orders did we get each month of {y}?",
+        f"Monthly order counts for {y}, please.",
+    )
+    return [
+        (
+            q,
+            f"SELECT strftime('%m', order_date) AS month, COUNT(*) AS orders FROM orders WHERE strftime('%Y', order_date) = '{y}' GROUP BY month ORDER BY month;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _orders_of_customer(d: _Draw) -> Turns:
     first, last = d.one(*d.f.buyers)
-    q = d.one(f"List the orders placed by {first} {last}.", f"Show all orders from {first} {last} with their dates and status.", f"What has {first} {last} ordered? Give order ids and dates.")
-    return [(q, f"SELECT o.id, o.order_date, o.status FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.first_name = {_q(first)} AND c.last_name = {_q(last)} ORDER BY o.order_date;")]
+    q = d.one(
+        f"List the orders placed by {first} {last}.",
+        f"Show all orders from {first} {last} with their dates and status.",
+        f"What has {first} {last} ordered? Give order ids and dates.",
+    )
+    return [
+        (
+            q,
+            f"SELECT o.id, o.order_date, o.status FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.first_name = {_q(first)} AND c.last_name = {_q(last)} ORDER BY o.order_date;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _last_order_of_customer(d: _Draw) -> Turns:
     first, last = d.one(*d.f.buyers)
-    q = d.one(f"When did {first} {last} last place an order?", f"What is the date of {first} {last}'s most recent order?")
-    return [(q, f"SELECT MAX(o.order_date) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.first_name = {_q(first)} AND c.last_name = {_q(last)};")]
+    q = d.one(
+        f"When did {first} {last} last place an order?", f"What is the date of {first} {last}'s most recent order?"
+    )
+    return [
+        (
+            q,
+            f"SELECT MAX(o.order_date) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.first_name = {_q(first)} AND c.last_name = {_q(last)};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _spend_of_customer(d: _Draw) -> Turns:
     first, last = d.one(*d.f.buyers)
-    q = d.one(f"How much has {first} {last} spent in total?", f"What is the total amount {first} {last} has paid us?", f"Total spend of customer {first} {last}?")
-    return [(q, f"SELECT {_REVENUE} {_ITEMS_ORDERS} JOIN customers c ON c.id = o.customer_id WHERE c.first_name = {_q(first)} AND c.last_name = {_q(last)};")]
+    q = d.one(
+        f"How much has {first} {last} spent in total?",
+        f"What is the total amount {first} {last} has paid us?",
+        f"Total spend of customer {first} {last}?",
+    )
+    return [
+        (
+            q,
+            f"SELECT {_REVENUE} {_ITEMS_ORDERS} JOIN customers c ON c.id = o.customer_id WHERE c.first_name = {_q(first)} AND c.last_name = {_q(last)};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _revenue_in_year(d: _Draw) -> Turns:
     y = d.year()
-    q = d.one(f"What was the total revenue in {y}, not counting cancelled orders?", f"How much did we sell in {y}, excluding cancelled orders?", f"Total sales for {y} without the cancelled orders?")
-    return [(q, f"SELECT {_REVENUE} {_ITEMS_ORDERS} WHERE o.order_date BETWEEN '{y}-01-01' AND '{y}-12-31' AND o.status <> 'cancelled';")]
+    q = d.one(
+        f"What was the total revenue in {y}, not counting cancelled orders?",
+        f"How much did we sell in {y}, excluding cancelled orders?",
+        f"Total sales for {y} without the cancelled orders?",
+    )
+    return [
+        (
+            q,
+            f"SELECT {_REVENUE} {_ITEMS_ORDERS} WHERE o.order_date BETWEEN '{y}-01-01' AND '{y}-12-31' AND o.status <> 'cancelled';",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _revenue_per_category(d: _Draw) -> Turns:
-    q = d.one("What is the revenue per product category?", "How much has each category sold in total?", "Show total sales by category, highest first.")
-    return [(q, f"SELECT p.category, {_REVENUE} AS revenue FROM order_items oi JOIN products p ON p.id = oi.product_id GROUP BY p.category ORDER BY revenue DESC;")]
+    q = d.one(
+        "What is the revenue per product category?",
+        "How much has each category sold in total?",
+        "Show total sales by category, highest first.",
+    )
+    return [
+        (
+            q,
+            f"SELECT p.category, {_REVENUE} AS revenue FROM order_items oi JOIN products p ON p.id = oi.product_id GROUP BY p.category ORDER BY revenue DESC;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _top_customers_by_spend(d: _Draw) -> Turns:
     n = d.rng.randint(3, 10)
-    q = d.one(f"Who are our top {n} customers by total spend?", f"List the {n} customers who have spent the most.", f"Which {n} customers brought in the most revenue?")
-    return [(q, f"SELECT c.first_name, c.last_name, {_REVENUE} AS total {_ITEMS_ORDERS} JOIN customers c ON c.id = o.customer_id GROUP BY c.id ORDER BY total DESC LIMIT {n};")]
+    q = d.one(
+        f"Who are our top {n} customers by total spend?",
+        f"List the {n} customers who have spent the most.",
+        f"Which {n} customers brought in the most revenue?",
+    )
+    return [
+        (
+            q,
+            f"SELECT c.first_name, c.last_name, {_REVENUE} AS total {_ITEMS_ORDERS} JOIN customers c ON c.id = o.customer_id GROUP BY c.id ORDER BY total DESC LIMIT {n};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _best_selling_products(d: _Draw) -> Turns:
     n = d.rng.randint(3, 10)
-    q = d.one(f"What are the {n} best-selling products by units sold?", f"Top {n} products by quantity sold?", f"Which {n} products sold the most units?")
-    return [(q, f"SELECT p.name, SUM(oi.quantity) AS units FROM order_items oi JOIN products p ON p.id = oi.product_id GROUP BY p.id ORDER BY units DESC LIMIT {n};")]
+    q = d.one(
+        f"What are the {n} best-selling products by units sold?",
+        f"Top {n} products by quantity sold?",
+        f"Which {n} products sold the most units?",
+    )
+    return [
+        (
+            q,
+            f"SELECT p.name, SUM(oi.quantity) AS units FROM order_items oi JOIN products p ON p.id = oi.product_id GROUP BY p.id ORDER BY units DESC LIMIT {n};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _orders_per_city(d: _Draw) -> Turns:
-    q = d.one("How many orders came from each city?", "Count the orders per customer city, most first.", "Which cities order the most? Give order counts.")
-    return [(q, "SELECT c.city, COUNT(*) AS orders FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY c.city ORDER BY orders DESC;")]
+    q = d.one(
+        "How many orders came from each city?",
+        "Count the orders per customer city, most first.",
+        "Which cities order the most? Give order counts.",
+    )
+    return [
+        (
+            q,
+            "SELECT c.city, COUNT(*) AS orders FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY c.city ORDER BY orders DESC;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _city_with_most_status(d: _Draw) -> Turns:
     s = d.one("cancelled", "returned", "pending")
     q = d.one(f"Which city has the most {s} orders?", f"In which city were the most orders {s}?")
-    return [(q, f"SELECT c.city, COUNT(*) AS orders FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.status = '{s}' GROUP BY c.city ORDER BY orders DESC LIMIT 1;")]
+    return [
+        (
+            q,
+            f"SELECT c.city, COUNT(*) AS orders FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.status = '{s}' GROUP BY c.city ORDER BY orders DESC LIMIT 1;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _average_order_value(d: _Draw) -> Turns:
     q = d.one("What is the average order value?", "How much is an order worth on average?", "Average total per order?")
-    return [(q, "SELECT ROUND(AVG(total), 2) FROM (SELECT order_id, SUM(quantity * unit_price) AS total FROM order_items GROUP BY order_id);")]
+    return [
+        (
+            q,
+            "SELECT ROUND(AVG(total), 2) FROM (SELECT order_id, SUM(quantity * unit_price) AS total FROM order_items GROUP BY order_id);",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _customers_without_orders(d: _Draw) -> Turns:
-    q = d.one("Which customers have never placed an order?", "List customers with no orders at all.", "Who signed up but never bought anything?")
-    return [(q, "SELECT c.first_name, c.last_name FROM customers c LEFT JOIN orders o ON o.customer_id = c.id WHERE o.id IS NULL ORDER BY c.last_name;")]
+    q = d.one(
+        "Which customers have never placed an order?",
+        "List customers with no orders at all.",
+        "Who signed up but never bought anything?",
+    )
+    return [
+        (
+            q,
+            "SELECT c.first_name, c.last_name FROM customers c LEFT JOIN orders o ON o.customer_id = c.id WHERE o.id IS NULL ORDER BY c.last_name;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _products_never_ordered(d: _Draw) -> Turns:
-    q = d.one("Which products have never been ordered?", "List the products nobody has bought yet.", "What items have zero sales?")
+    q = d.one(
+        "Which products have never been ordered?",
+        "List the products nobody has bought yet.",
+        "What items have zero sales?",
+    )
     return [(q, "SELECT name FROM products WHERE id NOT IN (SELECT product_id FROM order_items) ORDER BY name;")]
 
 
 @_template(_TEMPLATES)
 def _buyers_of_product(d: _Draw) -> Turns:
     p = d.one(*d.f.products)
-    q = d.one(f"How many different customers have bought the {p}?", f"Number of distinct customers who ordered {p}?", f"How many unique buyers does the {p} have?")
-    return [(q, f"SELECT COUNT(DISTINCT o.customer_id) {_ITEMS_ORDERS} JOIN products p ON p.id = oi.product_id WHERE p.name = {_q(p)};")]
+    q = d.one(
+        f"How many different customers have bought the {p}?",
+        f"Number of distinct customers who ordered {p}?",
+        f"How many unique buyers does the {p} have?",
+    )
+    return [
+        (
+            q,
+            f"SELECT COUNT(DISTINCT o.customer_id) {_ITEMS_ORDERS} JOIN products p ON p.id = oi.product_id WHERE p.name = {_q(p)};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _max_quantity_of_product(d: _Draw) -> Turns:
     p = d.one(*d.f.products)
     q = d.one(f"What is the largest quantity of {p} bought in a single order?", f"Most units of {p} in one order?")
-    return [(q, f"SELECT MAX(oi.quantity) FROM order_items oi JOIN products p ON p.id = oi.product_id WHERE p.name = {_q(p)};")]
+    return [
+        (
+            q,
+            f"SELECT MAX(oi.quantity) FROM order_items oi JOIN products p ON p.id = oi.product_id WHERE p.name = {_q(p)};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _units_of_category_in_year(d: _Draw) -> Turns:
     c, y = d.one(*d.f.categories), d.year()
-    q = d.one(f"How many {c} items did we sell in {y}?", f"Total units sold in the {c} category during {y}?", f"In {y}, how many units of {c} products were ordered?")
-    return [(q, f"SELECT SUM(oi.quantity) {_ITEMS_ORDERS} JOIN products p ON p.id = oi.product_id WHERE p.category = {_q(c)} AND o.order_date BETWEEN '{y}-01-01' AND '{y}-12-31';")]
+    q = d.one(
+        f"How many {c} items did we sell in {y}?",
+        f"Total units sold in the {c} category during {y}?",
+        f"In {y}, how many units of {c} products were ordered?",
+    )
+    return [
+        (
+            q,
+            f"SELECT SUM(oi.quantity) {_ITEMS_ORDERS} JOIN products p ON p.id = oi.product_id WHERE p.category = {_q(c)} AND o.order_date BETWEEN '{y}-01-01' AND '{y}-12-31';",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _order_total(d: _Draw) -> Turns:
     i = d.one(*d.f.order_ids)
-    q = d.one(f"What is the total amount of order {i}?", f"How much was order #{i} worth?", f"Total value of order number {i}?")
+    q = d.one(
+        f"What is the total amount of order {i}?",
+        f"How much was order #{i} worth?",
+        f"Total value of order number {i}?",
+    )
     return [(q, f"SELECT ROUND(SUM(quantity * unit_price), 2) FROM order_items WHERE order_id = {i};")]
 
 
 @_template(_TEMPLATES)
 def _products_in_order(d: _Draw) -> Turns:
     i = d.one(*d.f.order_ids)
-    q = d.one(f"Which products were in order {i}?", f"List the items and quantities of order #{i}.", f"What did the customer buy in order {i}?")
-    return [(q, f"SELECT p.name, oi.quantity FROM order_items oi JOIN products p ON p.id = oi.product_id WHERE oi.order_id = {i};")]
+    q = d.one(
+        f"Which products were in order {i}?",
+        f"List the items and quantities of order #{i}.",
+        f"What did the customer buy in order {i}?",
+    )
+    return [
+        (
+            q,
+            f"SELECT p.name, oi.quantity FROM order_items oi JOIN products p ON p.id = oi.product_id WHERE oi.order_id = {i};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _customer_city(d: _Draw) -> Turns:
     first, last = d.one(*d.f.buyers)
-    q = d.one(f"Where does {first} {last} live?", f"Which city is {first} {last} from?", f"What city and country is customer {first} {last} in?")
+    q = d.one(
+        f"Where does {first} {last} live?",
+        f"Which city is {first} {last} from?",
+        f"What city and country is customer {first} {last} in?",
+    )
     return [(q, f"SELECT city, country FROM customers WHERE first_name = {_q(first)} AND last_name = {_q(last)};")]
 
 
 @_template(_TEMPLATES)
 def _customer_signup_date(d: _Draw) -> Turns:
     first, last = d.one(*d.f.buyers)
-    q = d.one(f"When did {first} {last} sign up?", f"What is the sign-up date of {first} {last}?", f"Since when has {first} {last} been a customer?")
+    q = d.one(
+        f"When did {first} {last} sign up?",
+        f"What is the sign-up date of {first} {last}?",
+        f"Since when has {first} {last} been a customer?",
+    )
     return [(q, f"SELECT signup_date FROM customers WHERE first_name = {_q(first)} AND last_name = {_q(last)};")]
 
 
 @_template(_TEMPLATES)
 def _order_count_of_customer(d: _Draw) -> Turns:
     first, last = d.one(*d.f.buyers)
-    q = d.one(f"How many orders has {first} {last} placed?", f"Count the orders of {first} {last}.", f"Number of orders by {first} {last}?")
-    return [(q, f"SELECT COUNT(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.first_name = {_q(first)} AND c.last_name = {_q(last)};")]
+    q = d.one(
+        f"How many orders has {first} {last} placed?",
+        f"Count the orders of {first} {last}.",
+        f"Number of orders by {first} {last}?",
+    )
+    return [
+        (
+            q,
+            f"SELECT COUNT(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.first_name = {_q(first)} AND c.last_name = {_q(last)};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
@@ -570,7 +879,11 @@ def _product_price(d: _Draw) -> Turns:
 @_template(_TEMPLATES)
 def _product_stock(d: _Draw) -> Turns:
     p = d.one(*d.f.products)
-    q = d.one(f"How many {p} units do we have in stock?", f"What is the stock level of the {p}?", f"Is the {p} in stock? Give the count.")
+    q = d.one(
+        f"How many {p} units do we have in stock?",
+        f"What is the stock level of the {p}?",
+        f"Is the {p} in stock? Give the count.",
+    )
     return [(q, f"SELECT stock FROM products WHERE name = {_q(p)};")]
 
 
@@ -584,37 +897,76 @@ def _product_category(d: _Draw) -> Turns:
 @_template(_TEMPLATES)
 def _revenue_of_product(d: _Draw) -> Turns:
     p = d.one(*d.f.products)
-    q = d.one(f"How much revenue has the {p} brought in?", f"What are the total sales of {p}?", f"Total revenue from the {p}?")
-    return [(q, f"SELECT {_REVENUE} FROM order_items oi JOIN products p ON p.id = oi.product_id WHERE p.name = {_q(p)};")]
+    q = d.one(
+        f"How much revenue has the {p} brought in?", f"What are the total sales of {p}?", f"Total revenue from the {p}?"
+    )
+    return [
+        (q, f"SELECT {_REVENUE} FROM order_items oi JOIN products p ON p.id = oi.product_id WHERE p.name = {_q(p)};")
+    ]
 
 
 @_template(_TEMPLATES)
 def _orders_from_city_in_year(d: _Draw) -> Turns:
     c, y = d.one(*d.f.cities), d.year()
-    q = d.one(f"How many orders came from {c} in {y}?", f"Number of orders placed by customers in {c} during {y}?", f"In {y}, how many orders did {c} customers make?")
-    return [(q, f"SELECT COUNT(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.city = {_q(c)} AND o.order_date BETWEEN '{y}-01-01' AND '{y}-12-31';")]
+    q = d.one(
+        f"How many orders came from {c} in {y}?",
+        f"Number of orders placed by customers in {c} during {y}?",
+        f"In {y}, how many orders did {c} customers make?",
+    )
+    return [
+        (
+            q,
+            f"SELECT COUNT(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.city = {_q(c)} AND o.order_date BETWEEN '{y}-01-01' AND '{y}-12-31';",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _orders_with_status_in_month(d: _Draw) -> Turns:
     s = d.one(*STATUSES)
     y, m, label = d.month()
-    q = d.one(f"List the {s} orders from {label}.", f"Which orders placed in {label} are {s}?", f"Show ids and dates of {s} orders in {label}.")
-    return [(q, f"SELECT id, order_date FROM orders WHERE status = '{s}' AND {_in_month('order_date', y, m)} ORDER BY order_date;")]
+    q = d.one(
+        f"List the {s} orders from {label}.",
+        f"Which orders placed in {label} are {s}?",
+        f"Show ids and dates of {s} orders in {label}.",
+    )
+    return [
+        (
+            q,
+            f"SELECT id, order_date FROM orders WHERE status = '{s}' AND {_in_month('order_date', y, m)} ORDER BY order_date;",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _top_categories_in_year(d: _Draw) -> Turns:
     n, y = d.rng.randint(2, 5), d.year()
-    q = d.one(f"Which {n} categories sold the most units in {y}?", f"Top {n} categories by units sold in {y}?", f"In {y}, what were the {n} best-selling categories?")
-    return [(q, f"SELECT p.category, SUM(oi.quantity) AS units {_ITEMS_ORDERS} JOIN products p ON p.id = oi.product_id WHERE o.order_date BETWEEN '{y}-01-01' AND '{y}-12-31' GROUP BY p.category ORDER BY units DESC LIMIT {n};")]
+    q = d.one(
+        f"Which {n} categories sold the most units in {y}?",
+        f"Top {n} categories by units sold in {y}?",
+        f"In {y}, what were the {n} best-selling categories?",
+    )
+    return [
+        (
+            q,
+            f"SELECT p.category, SUM(oi.quantity) AS units {_ITEMS_ORDERS} JOIN products p ON p.id = oi.product_id WHERE o.order_date BETWEEN '{y}-01-01' AND '{y}-12-31' GROUP BY p.category ORDER BY units DESC LIMIT {n};",
+        )
+    ]
 
 
 @_template(_TEMPLATES)
 def _big_spenders_in_city(d: _Draw) -> Turns:
     c, x = d.one(*d.f.cities), d.one(100, 250, 500, 1000)
-    q = d.one(f"Which customers in {c} have spent more than ${x} in total?", f"List {c} customers whose total spend is over {x} dollars.")
-    return [(q, f"SELECT c.first_name, c.last_name, {_REVENUE} AS total {_ITEMS_ORDERS} JOIN customers c ON c.id = o.customer_id WHERE c.city = {_q(c)} GROUP BY c.id HAVING SUM(oi.quantity * oi.unit_price) > {x} ORDER BY total DESC;")]
+    q = d.one(
+        f"Which customers in {c} have spent more than ${x} in total?",
+        f"List {c} customers whose total spend is over {x} dollars.",
+    )
+    return [
+        (
+            q,
+            f"SELECT c.first_name, c.last_name, {_REVENUE} AS total {_ITEMS_ORDERS} JOIN customers c ON c.id = o.customer_id WHERE c.city = {_q(c)} GROUP BY c.id HAVING SUM(oi.quantity * oi.unit_price) > {x} ORDER BY total DESC;",
+        )
+    ]
 
 
 # Follow-ups: a second question that refines the first query.
@@ -772,7 +1124,9 @@ class _Pool:
             return {"messages": messages, "template": name}
         return None  # this template has run out of distinct questions
 
-    def take_many(self, registry: dict[str, Callable[[_Draw], Turns]], n: int, followup_share: float = 0.15) -> list[dict[str, Any]]:
+    def take_many(
+        self, registry: dict[str, Callable[[_Draw], Turns]], n: int, followup_share: float = 0.15
+    ) -> list[dict[str, Any]]:
         """`n` rows, templates drawn evenly; ~followup_share of them multi-turn. A template gives at
         most 3x its even share until every template is spent, so no few dominate the data."""
         out: list[dict[str, Any]] = []
@@ -783,12 +1137,16 @@ class _Pool:
             open_ = [t for t in sorted(registry) if t not in spent and count[t] < cap]
             if not open_:
                 if len(spent) == len(registry):
-                    raise ValueError(f"the templates ran out of distinct questions after {len(out)} rows (asked for {n})")
+                    raise ValueError(
+                        f"the templates ran out of distinct questions after {len(out)} rows (asked for {n})"
+                    )
                 cap = n  # every template is spent or capped: let the capped ones give more
                 continue
             followups = [t for t in open_ if t.startswith("followup_")]
             singles = [t for t in open_ if t not in followups]
-            name = self.rng.choice(followups if followups and (not singles or self.rng.random() < followup_share) else singles)
+            name = self.rng.choice(
+                followups if followups and (not singles or self.rng.random() < followup_share) else singles
+            )
             row = self.take(registry, name)
             if row is None:
                 spent.add(name)
@@ -819,9 +1177,17 @@ _REFUSALS = (
 # First words of questions and a same-meaning swap. Changing the first word changes one 3-gram
 # (any other word changes three), so a near duplicate stays near even for a short row.
 _FIRST_WORD_SWAPS = {
-    "list": "show", "show": "list", "which": "what", "what": "which", "give": "show", "find": "get",
-    "count": "tally", "who": "which", "how": "and how", "when": "so when",
-}  # fmt: skip
+    "list": "show",
+    "show": "list",
+    "which": "what",
+    "what": "which",
+    "give": "show",
+    "find": "get",
+    "count": "tally",
+    "who": "which",
+    "how": "and how",
+    "when": "so when",
+}
 
 
 def _flawed(kind: str, base: dict[str, Any], i: int, rng: random.Random) -> dict[str, Any] | str:
@@ -846,7 +1212,14 @@ def _flawed(kind: str, base: dict[str, Any], i: int, rng: random.Random) -> dict
     elif kind == "no_assistant_message":
         msgs = msgs[:2]
     elif kind == "last_not_assistant":
-        msgs = msgs[:3] + [{"role": "user", "content": rng.choice(("Thanks! Can you also sort it?", "And for last year?", "Now only the first ten rows, please."))}]
+        msgs = msgs[:3] + [
+            {
+                "role": "user",
+                "content": rng.choice(
+                    ("Thanks! Can you also sort it?", "And for last year?", "Now only the first ten rows, please.")
+                ),
+            }
+        ]
     elif kind == "unknown_role":
         msgs[1]["role"] = ("human", "customer", "question")[i % 3]
     elif kind == "invalid_json":
@@ -855,7 +1228,9 @@ def _flawed(kind: str, base: dict[str, Any], i: int, rng: random.Random) -> dict
             row[: len(row) * 2 // 3],  # cut off mid-row
             row[:-1] + ",}",  # trailing comma
             row.replace('"', "'"),  # a Python dict, not JSON
-            row.replace(json.dumps(question, ensure_ascii=False)[1:-1], f'She asked "{question}"', 1),  # unescaped quotes
+            row.replace(
+                json.dumps(question, ensure_ascii=False)[1:-1], f'She asked "{question}"', 1
+            ),  # unescaped quotes
         )[i % 4]
     return {"messages": msgs, "template": base["template"], FLAW_KEY: kind}
 
@@ -883,7 +1258,9 @@ def _exact_duplicate(base: dict[str, Any], rng: random.Random) -> dict[str, Any]
     return {"messages": msgs, "template": base["template"], FLAW_KEY: "exact_duplicate"}
 
 
-def generate_conversations(db_path: str | Path, n: int = 3000, flaw_rate: float = 0.08, seed: int = 0) -> list[dict[str, Any] | str]:
+def generate_conversations(
+    db_path: str | Path, n: int = 3000, flaw_rate: float = 0.08, seed: int = 0
+) -> list[dict[str, Any] | str]:
     """`n` rows for the database at `db_path`: dicts in OpenAI messages form, and for the
     `invalid_json` flaw the raw text of a broken line. Same database and seed, same rows."""
     if not 0 <= flaw_rate <= 0.5:
@@ -903,7 +1280,9 @@ def generate_conversations(db_path: str | Path, n: int = 3000, flaw_rate: float 
         row[FLAW_KEY] = HARD_NEGATIVE
 
     # Sort keys place every row; a copy lands after the row it copies ("a duplicate of an earlier row").
-    placed: list[tuple[float, dict[str, Any] | str, dict[str, Any] | None]] = [(i, row, None) for i, row in enumerate(clean)]
+    placed: list[tuple[float, dict[str, Any] | str, dict[str, Any] | None]] = [
+        (i, row, None) for i, row in enumerate(clean)
+    ]
     placed += [(rng.uniform(0, n_clean), row, None) for row in hard]
     for kind, count in plan.items():
         if kind in (HARD_NEGATIVE, "exact_duplicate", "near_duplicate"):

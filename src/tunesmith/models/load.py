@@ -109,7 +109,10 @@ def _quantization_config(quantization: Quantization, compute_dtype: torch.dtype)
     if quantization == "4bit":
         # NF4 with double quantization: the QLoRA paper's recipe (~0.5 byte per weight).
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
         )
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)

@@ -45,9 +45,17 @@ CHATML_TEMPLATE = (
 )
 # Files that make up a tokenizer directory (copied for `tokenizer_from`; weights and configs are not).
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja", "chat_template.json",
-)  # fmt: skip
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 DEFAULT_CORPUS_SIZE = 600  # example conversations the default tokenizer trains on: ~1 s to generate
 
 
@@ -65,8 +73,12 @@ class Dims:
 # Parameter counts are for the Llama architecture with the preset vocabulary, embeddings tied.
 PRESETS: dict[str, Dims] = {
     "tiny": Dims(vocab_size=4096, hidden_size=128, layers=4, heads=4, kv_heads=2, intermediate_size=384),  # 1.3M: tests
-    "small": Dims(vocab_size=8192, hidden_size=384, layers=8, heads=6, kv_heads=2, intermediate_size=1024),  # 15.7M: demo
-    "medium": Dims(vocab_size=32000, hidden_size=768, layers=12, heads=12, kv_heads=4, intermediate_size=2304),  # 107M: bench
+    "small": Dims(
+        vocab_size=8192, hidden_size=384, layers=8, heads=6, kv_heads=2, intermediate_size=1024
+    ),  # 15.7M: demo
+    "medium": Dims(
+        vocab_size=32000, hidden_size=768, layers=12, heads=12, kv_heads=4, intermediate_size=2304
+    ),  # 107M: bench
 }
 
 
@@ -135,7 +147,9 @@ def _copy_tokenizer(src: str | Path, dst: Path) -> Any:
     src = Path(src)
     copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
     if not copied:
-        raise FileNotFoundError(f"tokenizer_from {src}: no tokenizer files in it (expected one of {', '.join(TOKENIZER_FILES)})")
+        raise FileNotFoundError(
+            f"tokenizer_from {src}: no tokenizer files in it (expected one of {', '.join(TOKENIZER_FILES)})"
+        )
     # Copied byte for byte: the tokenizer keeps its quirks (double BOS, pad == eos, ...), which are
     # what the data stage's checks are tested against.
     for name in copied:
@@ -143,13 +157,22 @@ def _copy_tokenizer(src: str | Path, dst: Path) -> Any:
     return AutoTokenizer.from_pretrained(dst)
 
 
-def model_config(arch: Arch, dims: Dims, *, bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None) -> Any:
+def model_config(
+    arch: Arch,
+    dims: Dims,
+    *,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> Any:
     """The transformers config of a model with these dimensions (embeddings tied, as in small
     Llama 3.2 and Qwen2.5 models)."""
     from transformers import LlamaConfig, Qwen2Config
 
     if dims.hidden_size % dims.heads or dims.heads % dims.kv_heads:
-        raise ValueError(f"heads={dims.heads} must divide hidden_size={dims.hidden_size}, and kv_heads={dims.kv_heads} must divide heads")
+        raise ValueError(
+            f"heads={dims.heads} must divide hidden_size={dims.hidden_size}, and kv_heads={dims.kv_heads} must divide heads"
+        )
     classes = {"llama": LlamaConfig, "qwen2": Qwen2Config}
     if arch not in classes:
         raise ValueError(f"arch {arch!r}: expected one of {sorted(classes)}")
@@ -215,8 +238,15 @@ def build_tiny_model(
 
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r}: expected one of {sorted(PRESETS)}")
-    overrides = dict(vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, heads=heads, kv_heads=kv_heads,
-                     intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings)  # fmt: skip
+    overrides = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+    )
     dims = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -227,14 +257,20 @@ def build_tiny_model(
             dims = dataclasses.replace(dims, vocab_size=len(tokenizer))
             stop_ids = [tokenizer.eos_token_id]
         else:
-            tokenizer = train_tokenizer(_example_texts() if texts is None else texts, dims.vocab_size, max_length=dims.max_position_embeddings)
+            tokenizer = train_tokenizer(
+                _example_texts() if texts is None else texts, dims.vocab_size, max_length=dims.max_position_embeddings
+            )
             tokenizer.save_pretrained(tmp)
             # A small corpus may run out of merges below the requested size: the embedding keeps
             # the requested rows (as Qwen's keeps unused ones), never fewer than the tokenizer's.
             dims = dataclasses.replace(dims, vocab_size=max(dims.vocab_size, len(tokenizer)))
             stop_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)]
         config = model_config(
-            arch, dims, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+            arch,
+            dims,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

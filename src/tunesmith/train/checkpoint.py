@@ -25,9 +25,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -210,7 +210,9 @@ def save_checkpoint(
     return commit(staging)
 
 
-def trainable_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def trainable_weights(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The parameters that train, by their `state_dict` names.
 
     `state_dict` may be a gathered one (DeepSpeed ZeRO-3 / FSDP hold shards on each rank).

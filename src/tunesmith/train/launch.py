@@ -18,8 +18,9 @@ from tunesmith.config import ConfigError
 Launcher = Literal["torchrun", "accelerate"]
 
 
-def launch_command(train_args: list[str], *, num_processes: int, launcher: Launcher = "torchrun",
-                   accelerate_config: str | None = None) -> list[str]:  # fmt: skip
+def launch_command(
+    train_args: list[str], *, num_processes: int, launcher: Launcher = "torchrun", accelerate_config: str | None = None
+) -> list[str]:
     """The command that runs `tunesmith train <train_args>` in `num_processes` processes."""
     if num_processes < 1:
         raise ConfigError(f"--num-processes must be at least 1, got {num_processes}")
@@ -34,7 +35,14 @@ def launch_command(train_args: list[str], *, num_processes: int, launcher: Launc
             raise ConfigError(str(e)) from None
     entry = ["-m", "tunesmith.cli.main", "train", *train_args]
     if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}", *entry]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={num_processes}",
+            *entry,
+        ]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", f"--num_processes={num_processes}"]
     if accelerate_config is not None:
         cmd.append(f"--config_file={config_file}")

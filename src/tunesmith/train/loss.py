@@ -35,9 +35,23 @@ from tunesmith.train.batching import IGNORE_INDEX
 # so they go through the model's own forward with `num_items_in_batch`: same normalisation,
 # full-vocabulary cost.
 PLAIN_HEAD_MODEL_TYPES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3",
-     "olmo", "olmo2", "starcoder2", "smollm3", "stablelm"}
-)  # fmt: skip
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi",
+        "phi3",
+        "olmo",
+        "olmo2",
+        "starcoder2",
+        "smollm3",
+        "stablelm",
+    }
+)
 # fp32 logits per head chunk: 2**24 floats = 64 MiB, 512 rows of a 32k vocabulary, 110 of Qwen's 151k.
 # Smaller chunks measured no faster; larger ones only hold more memory.
 MAX_LOGITS_PER_CHUNK = 2**24
@@ -111,8 +125,14 @@ def _linear_head(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
         base, weight = head, head.weight
     else:
         layer = getattr(head, "token_adapter", None)  # peft's TrainableTokensWrapper
-        if (layer is None or type(layer.base_layer) is not torch.nn.Linear or layer.merged or layer.disable_adapters
-                or getattr(head, "disable_adapters", False) or not layer.active_adapters):  # fmt: skip
+        if (
+            layer is None
+            or type(layer.base_layer) is not torch.nn.Linear
+            or layer.merged
+            or layer.disable_adapters
+            or getattr(head, "disable_adapters", False)
+            or not layer.active_adapters
+        ):
             return None
         base, weight = layer.base_layer, layer.get_merged_weights(layer.active_adapters)
     if hasattr(base.weight, "ds_id"):
@@ -130,7 +150,9 @@ class _HeadLoss(torch.autograd.Function):
     def forward(ctx, rows, weight, bias, targets, softcap, chunk, with_grad):
         device = rows.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else rows.dtype
-        need_rows, need_weight, need_bias = (with_grad and t is not None and t.requires_grad for t in (rows, weight, bias))
+        need_rows, need_weight, need_bias = (
+            with_grad and t is not None and t.requires_grad for t in (rows, weight, bias)
+        )
         x, w = rows.to(dtype), weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=rows.device)

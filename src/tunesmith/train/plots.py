@@ -26,8 +26,16 @@ def plot_loss(metrics: Sequence[Mapping[str, Any]], path: str | Path, *, best_st
             ax.plot(*zip(*val), label="validation", color="tab:orange", marker="o", markersize=3)
         best = [v for s, v in val if s == best_step]
         if best:
-            ax.scatter([best_step], best, s=120, facecolors="none", edgecolors="tab:red", linewidths=2, zorder=3,
-                       label=f"best (step {best_step}, {best[0]:.4f})")  # fmt: skip
+            ax.scatter(
+                [best_step],
+                best,
+                s=120,
+                facecolors="none",
+                edgecolors="tab:red",
+                linewidths=2,
+                zorder=3,
+                label=f"best (step {best_step}, {best[0]:.4f})",
+            )
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss per trained token (nats)")
         ax.grid(alpha=0.3)

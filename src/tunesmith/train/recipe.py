@@ -192,8 +192,10 @@ def train(config: Config, *, resume: bool | None = None, merge: bool = False) ->
             if config.train.on_nan == "retry" and attempt < MAX_NAN_RETRIES:
                 lr_scale = run.state.lr_scale / 2
                 retry_row = {"event": "retry", "cause": nf.cause, "at_step": nf.step, "lr_scale": lr_scale}
-                session.console.print(f"[yellow]{nf.cause} is NaN/inf at step {nf.step}: retrying from "
-                                      f"{last_good or 'the start'} at {lr_scale:g} × the learning rate[/]")  # fmt: skip
+                session.console.print(
+                    f"[yellow]{nf.cause} is NaN/inf at step {nf.step}: retrying from "
+                    f"{last_good or 'the start'} at {lr_scale:g} × the learning rate[/]"
+                )
                 resume_from = last_good
                 session.accelerator.free_memory(run.model, run.loss_model, run.optimizer)
                 continue
@@ -228,12 +230,17 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
     accelerator = Accelerator(cpu=not has_accelerator, log_with=remote or None, project_dir=str(config.run_dir))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
-        raise ConfigError(f"launched as {launched} processes but accelerate runs {accelerator.num_processes}: "
-                          "use torchrun or `accelerate launch` with a matching --num_processes")  # fmt: skip
+        raise ConfigError(
+            f"launched as {launched} processes but accelerate runs {accelerator.num_processes}: "
+            "use torchrun or `accelerate launch` with a matching --num_processes"
+        )
     console = Console(quiet=not accelerator.is_main_process, highlight=False)
     resume_from = _resume_point(config.run_dir, resume)
-    tokenizer = load_tokenizer(config.model.name_or_path, chat_template=config.model.chat_template,
-                               trust_remote_code=config.model.trust_remote_code)  # fmt: skip
+    tokenizer = load_tokenizer(
+        config.model.name_or_path,
+        chat_template=config.model.chat_template,
+        trust_remote_code=config.model.trust_remote_code,
+    )
     train_set, val_set, rows, notes = _load_examples(config, tokenizer)
     precision = _mixed_precision(config)
     if accelerator.is_main_process:
@@ -241,7 +248,9 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
     accelerator.wait_for_everyone()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     padding = Padding(pad_id, config.train.pad_to_multiple_of)
-    session = _Session(config, accelerator, console, tokenizer, train_set, val_set, padding, precision, notes, time.time())
+    session = _Session(
+        config, accelerator, console, tokenizer, train_set, val_set, padding, precision, notes, time.time()
+    )
     return session, resume_from
 
 
@@ -259,8 +268,10 @@ def _mixed_precision(config: Config) -> str:
 def _resume_point(run_dir: Path, resume: bool) -> Path | None:
     latest = ckpt.latest_complete(run_dir)
     if latest is not None and not resume:
-        raise ConfigError(f"{run_dir} already holds checkpoints ({latest.name}); continue it with --resume "
-                          "(train.resume=auto) or start a separate run with another name (name=...)")  # fmt: skip
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints ({latest.name}); continue it with --resume "
+            "(train.resume=auto) or start a separate run with another name (name=...)"
+        )
     return latest if resume else None
 
 
@@ -269,7 +280,9 @@ def _write_run_files(config: Config, resume_from: Path | None, rows: int, precis
     text = dump_config(config)
     if resume_from is not None and path.is_file() and path.read_text(encoding="utf-8") != text:
         old, new = yaml.safe_load(path.read_text(encoding="utf-8")), yaml.safe_load(text)
-        changed = [f"{s}.{k}" for s in new if isinstance(new[s], dict) for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+        changed = [
+            f"{s}.{k}" for s in new if isinstance(new[s], dict) for k in new[s] if old.get(s, {}).get(k) != new[s][k]
+        ]
         console.print(f"[yellow]resuming with a changed config: {', '.join(changed) or 'top-level keys'}[/]")
     manifest = _manifest(config, resume_from, rows, precision)
     previous = config.run_dir / MANIFEST_FILE
@@ -278,8 +291,10 @@ def _write_run_files(config: Config, resume_from: Path | None, rows: int, precis
         # silently skip or repeat rows.
         old_sha = json.loads(previous.read_text(encoding="utf-8")).get("data", {}).get("sha256")
         if old_sha not in (None, manifest["data"]["sha256"]):
-            raise ConfigError(f"{config.data.path} changed since {config.run_dir} started (sha256 {old_sha[:12]}… → "
-                              f"{manifest['data']['sha256'][:12]}…); start a new run (name=...) to train on the new data")  # fmt: skip
+            raise ConfigError(
+                f"{config.data.path} changed since {config.run_dir} started (sha256 {old_sha[:12]}… → "
+                f"{manifest['data']['sha256'][:12]}…); start a new run (name=...) to train on the new data"
+            )
     write_text(path, text)
     write_json(previous, manifest)
 
@@ -295,21 +310,34 @@ def _manifest(config: Config, resume_from: Path | None, rows: int, precision: st
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     try:  # the code that trained: tunesmith's own checkout (editable installs), not the caller's cwd
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+        git = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         git = ""
     return {
-        "stage": "train", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
+        "stage": "train",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": sys.argv,
         "resumed_from": str(resume_from) if resume_from else None,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "accelerate": accelerate.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "accelerate": accelerate.__version__,
+        },
         "data": {"path": str(data), "sha256": digest.hexdigest(), "rows": rows},
         "git_sha": git or None,
-        "hardware": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                     "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-                     "processes": int(os.environ.get("WORLD_SIZE", "1")), "mixed_precision": precision},
-    }  # fmt: skip
+        "hardware": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            "mixed_precision": precision,
+        },
+    }
 
 
 def _load_examples(config: Config, tokenizer: Any) -> tuple[list[Any], list[Any], int, list[str]]:
@@ -324,12 +352,19 @@ def _load_examples(config: Config, tokenizer: Any) -> tuple[list[Any], list[Any]
     encoded = encode_batch([r.conversation for r in good], tokenizer, train_on=config.data.train_on)
     fitted = [_fit_length(x, config.data.max_seq_len) for x in encoded if isinstance(x, Encoded)]
     examples = [x for x in fitted if x is not None]
-    dropped = {"with data errors": len(rows) - len(good), "the template rejects": len(encoded) - len(fitted),
-               "with an answer cut by max_seq_len or nothing to train": len(fitted) - len(examples)}  # fmt: skip
-    notes = ["dropped rows: " + ", ".join(f"{n} {why}" for why, n in dropped.items() if n)] if any(dropped.values()) else []
+    dropped = {
+        "with data errors": len(rows) - len(good),
+        "the template rejects": len(encoded) - len(fitted),
+        "with an answer cut by max_seq_len or nothing to train": len(fitted) - len(examples),
+    }
+    notes = (
+        ["dropped rows: " + ", ".join(f"{n} {why}" for why, n in dropped.items() if n)] if any(dropped.values()) else []
+    )
     if len(examples) < 2:
-        raise ConfigError(f"{config.data.path}: {len(examples)} usable examples; training needs at least 2 "
-                          "(see `tunesmith data check`)")  # fmt: skip
+        raise ConfigError(
+            f"{config.data.path}: {len(examples)} usable examples; training needs at least 2 "
+            "(see `tunesmith data check`)"
+        )
     train_idx, val_idx = split_train_val(len(examples), config.train.val_fraction, config.train.seed)
     return [examples[i] for i in train_idx], [examples[i] for i in val_idx], len(rows), notes
 
@@ -340,8 +375,12 @@ def _fit_length(example: Any, max_len: int) -> Any | None:
         return None
     if len(example.input_ids) <= max_len:
         return example
-    return replace(example, input_ids=example.input_ids[:max_len], labels=example.labels[:max_len],
-                   attention_mask=example.attention_mask[:max_len])  # fmt: skip
+    return replace(
+        example,
+        input_ids=example.input_ids[:max_len],
+        labels=example.labels[:max_len],
+        attention_mask=example.attention_mask[:max_len],
+    )
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -380,7 +419,9 @@ def _prepare(session: _Session, resume_from: Path | None, lr_scale: float | None
     # The fused kernel updates each tensor in one pass: on CPU 5.8x faster than the default
     # multi-tensor path for 105M parameters (96 vs 553 ms per step), without its full-size temporaries.
     fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate * state.lr_scale, weight_decay=cfg.weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate * state.lr_scale, weight_decay=cfg.weight_decay, fused=fused
+    )
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants its micro-batch before prepare()
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch
     loss_model, optimizer = accelerator.prepare(_LossModel(model, bf16=session.precision == "bf16"), optimizer)
@@ -394,7 +435,9 @@ def _prepare(session: _Session, resume_from: Path | None, lr_scale: float | None
     n_micro = len(_plan(session, state.micro_batch, epoch=0))
     per_epoch = math.ceil(n_micro / (state.accumulation * world))
     total = max(1, math.ceil(cfg.epochs * per_epoch))
-    layout = _Layout(state.micro_batch, state.accumulation, world, per_epoch, total, max(1, round(cfg.eval_every * per_epoch)))
+    layout = _Layout(
+        state.micro_batch, state.accumulation, world, per_epoch, total, max(1, round(cfg.eval_every * per_epoch))
+    )
 
     # Built before the optimizer state loads: building sets the step-0 LR, loading puts back the saved one.
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
@@ -415,7 +458,9 @@ def _plan(session: _Session, micro_batch: int, epoch: int) -> list[list[int]]:
     # The same on every rank and every resume: (lengths, sizes, seed, epoch) fix it.
     lengths = [len(e.input_ids) for e in session.train_set]
     cfg = session.config.train
-    return plan_batches(lengths, micro_batch=micro_batch, max_tokens=cfg.max_tokens_per_batch, seed=cfg.seed, epoch=epoch)
+    return plan_batches(
+        lengths, micro_batch=micro_batch, max_tokens=cfg.max_tokens_per_batch, seed=cfg.seed, epoch=epoch
+    )
 
 
 def _scale_lr(optimizer, scheduler, factor: float) -> None:
@@ -431,7 +476,9 @@ def _probe(loss_model, accelerator, examples, padding: Padding, size: int) -> No
     """One forward/backward on the `size` longest examples: the largest micro-batch training will see."""
     longest = sorted(examples, key=lambda e: -len(e.input_ids))[:size]
     with accelerator.no_sync(loss_model):
-        loss, _ = loss_model(_batch(longest, padding, accelerator), normalizer=max(1, sum(_trained(e) for e in longest)))
+        loss, _ = loss_model(
+            _batch(longest, padding, accelerator), normalizer=max(1, sum(_trained(e) for e in longest))
+        )
         accelerator.backward(loss)
     for p in loss_model.parameters():
         p.grad = None
@@ -449,17 +496,25 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
     for key, value in [
         ("examples", f"{len(data):,} train, {len(session.val_set):,} validation"),
         ("tokens per epoch", f"{tokens:,} ({trained:,} trained = {trained / max(tokens, 1):.0%})"),
-        ("effective batch", f"{layout.micro_batch} micro-batch × {layout.accumulation} accumulation × "
-                            f"{layout.world} process(es) = {layout.micro_batch * layout.per_step} examples"),
-        ("steps", f"{layout.steps_per_epoch:,} per epoch, {layout.total_steps:,} in all ({config.train.epochs:g} epochs)"),
+        (
+            "effective batch",
+            f"{layout.micro_batch} micro-batch × {layout.accumulation} accumulation × "
+            f"{layout.world} process(es) = {layout.micro_batch * layout.per_step} examples",
+        ),
+        (
+            "steps",
+            f"{layout.steps_per_epoch:,} per epoch, {layout.total_steps:,} in all ({config.train.epochs:g} epochs)",
+        ),
         ("validation", f"every {layout.eval_interval} steps, with a checkpoint"),
-        ("learning rate", f"{config.train.learning_rate * run.state.lr_scale:g}, cosine, "
-                          f"warmup {config.train.warmup_ratio:.0%}"),
+        (
+            "learning rate",
+            f"{config.train.learning_rate * run.state.lr_scale:g}, cosine, warmup {config.train.warmup_ratio:.0%}",
+        ),
         ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / max(total, 1):.2%})"),
         ("precision", f"{_dtype_name(run.model)} weights, {session.precision} compute"),
         ("planned memory", f"~{memory:.2f} GB (rough: weights, AdamW, activations)"),
         *[("note", n) for n in session.notes],
-    ]:  # fmt: skip
+    ]:
         table.add_row(key, value)
     session.console.print(table)
 
@@ -486,10 +541,19 @@ def _start_trackers(accelerator: Accelerator, config: Config, step: int) -> None
     if not accelerator.log_with:
         return
     remote = set(config.train.report_to) - {"tensorboard"}  # TensorBoard would write a folder per hparams call
-    hparams = {"method": config.train.method, "lr": config.train.learning_rate, "epochs": config.train.epochs,
-               "effective_batch": config.train.effective_batch, "lora_r": config.lora.r, "seed": config.train.seed}
-    accelerator.init_trackers("tunesmith", config=hparams if remote else None,
-                              init_kwargs={"wandb": {"name": config.name}, "mlflow": {"run_name": config.name}})  # fmt: skip
+    hparams = {
+        "method": config.train.method,
+        "lr": config.train.learning_rate,
+        "epochs": config.train.epochs,
+        "effective_batch": config.train.effective_batch,
+        "lora_r": config.lora.r,
+        "seed": config.train.seed,
+    }
+    accelerator.init_trackers(
+        "tunesmith",
+        config=hparams if remote else None,
+        init_kwargs={"wandb": {"name": config.name}, "mlflow": {"run_name": config.name}},
+    )
     missing = set(config.train.report_to) - {t.name for t in accelerator.trackers}
     if missing and accelerator.is_main_process:
         print(f"report_to: {sorted(missing)} not installed; metrics.jsonl and the other trackers still get every row")
@@ -509,7 +573,9 @@ def _fit(session: _Session, run: _Attempt) -> str:
     with _progress(session.console, layout.total_steps, state.step) as (progress, task):
         while state.step < layout.total_steps:
             batches = plan(state.epoch)
-            window = [[data[i] for i in b] for b in batches[state.batch_in_epoch : state.batch_in_epoch + layout.per_step]]
+            window = [
+                [data[i] for i in b] for b in batches[state.batch_in_epoch : state.batch_in_epoch + layout.per_step]
+            ]
             tic = time.perf_counter()
             loss, grad_norm = _accumulate(run.loss_model, session.accelerator, window, session.padding, cfg.grad_clip)
             cause = non_finite(loss, grad_norm)
@@ -527,27 +593,48 @@ def _fit(session: _Session, run: _Attempt) -> str:
             if state.batch_in_epoch >= len(batches):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             speed = sum(len(e.input_ids) for b in window for e in b) / max(time.perf_counter() - tic, 1e-9)
-            _log(session, state, {"step": state.step, "epoch": epoch, "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                                  "tokens_per_s": round(speed, 1), "trained_tokens": state.trained_tokens})  # fmt: skip
+            _log(
+                session,
+                state,
+                {
+                    "step": state.step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "grad_norm": grad_norm,
+                    "lr": lr,
+                    "tokens_per_s": round(speed, 1),
+                    "trained_tokens": state.trained_tokens,
+                },
+            )
             progress.update(task, advance=1, loss=f"{loss:.4f}", lr=f"{lr:.2e}", speed=f"{speed:,.0f}")
 
             if state.step % layout.eval_interval == 0 or state.step == layout.total_steps:
                 # ============================================================ validate
-                val_loss = _evaluate(run.loss_model, session.accelerator, session.val_set, session.padding,
-                                     layout.micro_batch)  # fmt: skip
+                val_loss = _evaluate(
+                    run.loss_model, session.accelerator, session.val_set, session.padding, layout.micro_batch
+                )
                 if not math.isfinite(val_loss):
                     raise _NonFinite(state.step, "validation loss")
                 last_eval = max([m["step"] for m in state.metrics if "val_loss" in m], default=0)
                 since = [m["loss"] for m in state.metrics if "loss" in m and m["step"] > last_eval]
-                verdict = observe_eval(guard, step=state.step, val_loss=val_loss, train_loss=sum(since) / len(since),
-                                       patience=cfg.early_stopping_patience)  # fmt: skip
+                verdict = observe_eval(
+                    guard,
+                    step=state.step,
+                    val_loss=val_loss,
+                    train_loss=sum(since) / len(since),
+                    patience=cfg.early_stopping_patience,
+                )
                 state.guard = guard.to_json()
-                _log(session, state, {"step": state.step, "epoch": epoch, "val_loss": val_loss, "best": verdict.is_best})
+                _log(
+                    session, state, {"step": state.step, "epoch": epoch, "val_loss": val_loss, "best": verdict.is_best}
+                )
                 _save(session, run)
                 progress.update(task, val=f"{val_loss:.4f}")
                 if verdict.stop:
-                    session.console.print(f"[yellow]overfitting: validation loss rose {guard.rising} evaluations in a "
-                                          f"row while training loss fell; stopping at step {state.step}[/]")  # fmt: skip
+                    session.console.print(
+                        f"[yellow]overfitting: validation loss rose {guard.rising} evaluations in a "
+                        f"row while training loss fell; stopping at step {state.step}[/]"
+                    )
                     return OVERFITTING
     return COMPLETED
 
@@ -564,7 +651,9 @@ def _shard(batches: list[Any], rank: int, world: int) -> list[tuple[Any, float]]
     return mine + [(batches[0], 0.0)] * (math.ceil(len(batches) / world) - len(mine))
 
 
-def _accumulate(loss_model, accelerator, window: list[list[Any]], padding: Padding, grad_clip: float) -> tuple[float, float]:
+def _accumulate(
+    loss_model, accelerator, window: list[list[Any]], padding: Padding, grad_clip: float
+) -> tuple[float, float]:
     """Forward/backward over one accumulation window; returns (loss per trained token, grad norm).
 
     The normaliser is the trained-token count of the whole window on all ranks, known to every
@@ -613,8 +702,12 @@ def _log(session: _Session, state: TrainState, row: dict[str, Any]) -> None:
         f.write(json.dumps(clean) + "\n")
         f.flush()
     if accelerator.trackers:
-        scalars = {k: v for k, v in clean.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        accelerator.log({("val/" if k == "val_loss" else "train/") + k: v for k, v in scalars.items()}, step=row["step"])
+        scalars = {
+            k: v for k, v in clean.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        accelerator.log(
+            {("val/" if k == "val_loss" else "train/") + k: v for k, v in scalars.items()}, step=row["step"]
+        )
 
 
 def _lr(optimizer) -> float:
@@ -624,10 +717,14 @@ def _lr(optimizer) -> float:
 @contextlib.contextmanager
 def _progress(console: Console, total: int, done: int):
     columns = [
-        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]} · val {task.fields[val]} · lr {task.fields[lr]} · {task.fields[speed]} tok/s"),
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "loss {task.fields[loss]} · val {task.fields[val]} · lr {task.fields[lr]} · {task.fields[speed]} tok/s"
+        ),
         TimeRemainingColumn(),
-    ]  # fmt: skip
+    ]
     with Progress(*columns, console=console, disable=console.quiet) as progress:
         yield progress, progress.add_task("train", total=total, completed=done, loss="-", val="-", lr="-", speed="-")
 
@@ -644,14 +741,20 @@ def _save(session: _Session, run: _Attempt) -> None:
         ckpt.begin(run_dir, step)
     accelerator.wait_for_everyone()
     staging = ckpt.staging_path(run_dir, step)
-    ckpt.write_rank_files(staging, accelerator.process_index, optimizer_state=run.optimizer.state_dict() if sharded else None)
+    ckpt.write_rank_files(
+        staging, accelerator.process_index, optimizer_state=run.optimizer.state_dict() if sharded else None
+    )
     gathered = None
     if sharded:  # a collective: every rank takes part, the main process gets the full tensors
         gathered = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(run.loss_model).items()}
     if accelerator.is_main_process:
-        ckpt.write_main_files(staging, run.state, weights=ckpt.trainable_weights(run.model, gathered),
-                              optimizer_state=None if sharded else run.optimizer.state_dict(),
-                              scheduler_state=run.scheduler.state_dict())  # fmt: skip
+        ckpt.write_main_files(
+            staging,
+            run.state,
+            weights=ckpt.trainable_weights(run.model, gathered),
+            optimizer_state=None if sharded else run.optimizer.state_dict(),
+            scheduler_state=run.scheduler.state_dict(),
+        )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ckpt.commit(staging)
@@ -680,19 +783,42 @@ def _finish(session: _Session, run: _Attempt, reason: str, merge: bool) -> Train
             merge_base = _base_loader(config) if merge else None
             ckpt.export_final(best, run.model, session.tokenizer, final, merge_base=merge_base)
         plot_loss(state.metrics, run_dir / PLOTS_DIR / LOSS_PLOT, best_step=guard.best_step)
-        why = {COMPLETED: "completed all planned steps",
-               OVERFITTING: "early stop: overfitting (validation loss rising while training loss falls)",
-               NON_FINITE: "stopped: loss or gradient became NaN/inf (the error says at which step and what to try)"}[reason]
-        summary = {"best_step": guard.best_step, "best_val_loss": guard.best_val_loss, "stop_reason": reason, "why": why,
-                   "steps": state.step, "final_dir": str(final) if final else None,
-                   "minutes": round((time.time() - session.started) / 60, 2), "notes": session.notes}
+        why = {
+            COMPLETED: "completed all planned steps",
+            OVERFITTING: "early stop: overfitting (validation loss rising while training loss falls)",
+            NON_FINITE: "stopped: loss or gradient became NaN/inf (the error says at which step and what to try)",
+        }[reason]
+        summary = {
+            "best_step": guard.best_step,
+            "best_val_loss": guard.best_val_loss,
+            "stop_reason": reason,
+            "why": why,
+            "steps": state.step,
+            "final_dir": str(final) if final else None,
+            "minutes": round((time.time() - session.started) / 60, 2),
+            "notes": session.notes,
+        }
         write_json(run_dir / SUMMARY_FILE, summary)
         best_line = f"{guard.best_step}  (validation loss {guard.best_val_loss:.4f})" if guard.best_step else "none"
-        session.console.print(Panel(
-            f"best step      {best_line}\nstopped        {why}\nsteps          {state.step}\n"
-            f"model          {final or '(none exported)'}\ncurves         {run_dir / PLOTS_DIR / LOSS_PLOT}\n"
-            f"metrics        {run_dir / METRICS_FILE}", title=f"train: {config.name}", expand=False))
+        session.console.print(
+            Panel(
+                f"best step      {best_line}\nstopped        {why}\nsteps          {state.step}\n"
+                f"model          {final or '(none exported)'}\ncurves         {run_dir / PLOTS_DIR / LOSS_PLOT}\n"
+                f"metrics        {run_dir / METRICS_FILE}",
+                title=f"train: {config.name}",
+                expand=False,
+            )
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(run_dir, final, guard.best_step, guard.best_val_loss, reason, state.step,
-                       state.micro_batch, state.accumulation, session.notes)  # fmt: skip
+    return TrainResult(
+        run_dir,
+        final,
+        guard.best_step,
+        guard.best_val_loss,
+        reason,
+        state.step,
+        state.micro_batch,
+        state.accumulation,
+        session.notes,
+    )
