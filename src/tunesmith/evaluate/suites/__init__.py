@@ -1,7 +1,9 @@
 """Scoring suites: one module each, registered by name. Adding a suite is adding a file here.
 
 Every suite scores `ScoreRow`s, whether they came from `eval RUN_DIR` (our own generations) or
-from `eval score FILE` (outputs produced anywhere): one scoring path for both.
+from `eval score FILE` (outputs produced anywhere): one scoring path for both. A suite is built from
+the `eval:` config section (`EvalConfig`) and reads its own options there (`sql`, `json_schema`,
+`judge`); `eval score`'s command-line options fill that same section.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+
+from tunesmith.config import EvalConfig
 
 
 @dataclass
@@ -40,17 +44,17 @@ SUITES: dict[str, Callable[..., Suite]] = {}
 
 
 def register(factory: Callable[..., Suite]) -> Callable[..., Suite]:
-    """Class decorator: make a suite available by its `name`."""
+    """Class decorator: make a suite available by its `name`; the factory takes an EvalConfig."""
     SUITES[factory.name] = factory  # type: ignore[attr-defined]
     return factory
 
 
-def get_suite(name: str, **options: Any) -> Suite:
-    """The suite called `name`, built with its options (e.g. `db=` for sql)."""
+def get_suite(name: str, config: EvalConfig | None = None) -> Suite:
+    """The suite called `name`, built from the eval config (its own options in there)."""
     _discover()
     if name not in SUITES:
         raise KeyError(f"unknown evaluation suite {name!r}; known: {', '.join(sorted(SUITES))}")
-    return SUITES[name](**options)
+    return SUITES[name](config or EvalConfig())
 
 
 def suite_names() -> list[str]:
