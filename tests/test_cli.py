@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import fixture_tokenizer_dir
+from tests.conftest import fixture_tokenizer_dir, read_jsonl, write_jsonl
 from tunesmith.cli.main import app
 
 runner = CliRunner()
@@ -19,11 +19,6 @@ GOOD = {
         {"role": "assistant", "content": "SELECT COUNT(*) FROM orders;"},
     ]
 }
-
-
-def _write(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.mark.parametrize("content", [None, b"", b"\x00\x01\x02binary\x00", b"\n\n  \n"])
@@ -48,7 +43,7 @@ def test_convert_alpaca_to_messages(tmp_path: Path):
 
 def test_show_json_marks_exactly_the_answer(tmp_path: Path):
     tok = fixture_tokenizer_dir("qwen2.5-instruct")
-    src = _write(tmp_path / "d.jsonl", [GOOD])
+    src = write_jsonl(tmp_path / "d.jsonl", [GOOD])
     result = runner.invoke(app, ["data", "show", str(src), "--tokenizer", str(tok), "--json"])
     assert result.exit_code == 0, result.output
     tokens = json.loads(result.output)["tokens"]
@@ -57,7 +52,7 @@ def test_show_json_marks_exactly_the_answer(tmp_path: Path):
 
 def test_show_unreadable_row_names_its_line(tmp_path: Path):
     tok = fixture_tokenizer_dir("qwen2.5-instruct")
-    src = _write(tmp_path / "d.jsonl", [GOOD, "{not json"])
+    src = write_jsonl(tmp_path / "d.jsonl", [GOOD, "{not json"])
     result = runner.invoke(app, ["data", "show", str(src), "--tokenizer", str(tok), "--index", "1"])
     assert result.exit_code == 2 and "d.jsonl:2" in result.output and "invalid_json" in result.output
 
@@ -70,7 +65,7 @@ def test_bad_config_exits_2(tmp_path: Path):
 
 
 def test_clean_with_an_unknown_drop_code_exits_2(tmp_path: Path):
-    src = _write(tmp_path / "d.jsonl", [GOOD])
+    src = write_jsonl(tmp_path / "d.jsonl", [GOOD])
     result = runner.invoke(
         app,
         [
@@ -91,12 +86,12 @@ def test_clean_with_an_unknown_drop_code_exits_2(tmp_path: Path):
 
 
 def test_clean_accounts_for_every_row(tmp_path: Path):
-    src = _write(tmp_path / "d.jsonl", [GOOD, GOOD, "{broken"])
+    src = write_jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, "{broken"])
     result = runner.invoke(
         app, ["data", "clean", str(src), "-o", str(tmp_path / "c.jsonl"), "--rejects", str(tmp_path / "r.jsonl")]
     )
     assert result.exit_code == 0, result.output
-    rejects = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    rejects = read_jsonl(tmp_path / "r.jsonl")
     assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 1
     assert sorted((r["line"], r["reasons"][0]["code"]) for r in rejects) == [
         (2, "exact_duplicate"),

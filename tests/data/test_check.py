@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tests.conftest import fixture_tokenizer_dir
+from tests.conftest import chat_row, fixture_tokenizer_dir, write_jsonl
 from tunesmith.config import DataConfig
 from tunesmith.data.check import FILE_ROW, check_file
 from tunesmith.data.report import print_report, verdict, write_report_json
@@ -33,15 +33,8 @@ def by_row(report) -> dict[int, set[str]]:
     return rows
 
 
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def chat(q: str, a: str, system: bool = True) -> dict:
-    return {
-        "messages": ([SYSTEM] if system else []) + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-    }
+    return chat_row(q, a, system=SYSTEM["content"] if system else None)
 
 
 def test_openai_cookbook_flawed_file(shared_fixtures: Path, qwen, tmp_path: Path) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import fixture_tokenizer_dir
+from tests.conftest import chat_row, fixture_tokenizer_dir, read_jsonl, write_jsonl
 from tunesmith.config import DataConfig
 from tunesmith.data.check import check_file
 from tunesmith.data.clean import clean_file
@@ -18,11 +17,7 @@ NEAR_Q = "Which customers from Lyon signed up in 2021 and ordered more than thre
 
 
 def chat(q: str, a: str, **meta: object) -> dict:
-    return {"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": a}], **meta}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return chat_row(q, a, system=SYSTEM["content"], **meta)
 
 
 @pytest.fixture
@@ -42,9 +37,7 @@ def flawed(tmp_path: Path) -> Path:
         },  # 10: unknown role
         "[1, 2]",  # 11: not an object
     ]
-    path = tmp_path / "in.jsonl"
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return path
+    return write_jsonl(tmp_path / "in.jsonl", rows)
 
 
 def test_every_row_lands_in_exactly_one_output(flawed: Path, tmp_path: Path) -> None:
@@ -95,8 +88,7 @@ def test_a_duplicate_stands_in_when_its_first_row_is_rejected(tmp_path: Path) ->
         chat(NEAR_Q.replace("Which", "What"), "SELECT 1; -- by  Ann"),  # near copy: must survive
         chat(NEAR_Q.replace("Which", "And which"), "SELECT 1; -- by  Ann"),  # near copy of both: goes
     ]
-    path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
     clean_file(
         path,
         tmp_path / "c.jsonl",

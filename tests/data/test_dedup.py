@@ -8,7 +8,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -151,11 +150,14 @@ def test_same_groups_in_another_process_with_another_hash_seed(tmp_path) -> None
     assert groups == near_duplicate_groups(texts, 0.8) and len(groups) == 50
 
 
-def test_20k_conversations_take_about_a_second() -> None:
+def test_20k_texts_find_exactly_the_planted_near_duplicates() -> None:
+    """The scale `data check` runs at; its speed is a benchmark figure (bench/dedup.py: ~1 s for 20k
+    texts, 8.8x exact hashing, measured on the shared 2-core machine), not a wall-clock assertion."""
     rng = random.Random(6)
     vocab = words(30_000, rng)
     texts = [" ".join(rng.choices(vocab, k=rng.randint(15, 60))) for _ in range(20_000)]
-    start = time.perf_counter()
-    near_duplicate_groups(texts, 0.85)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5, f"near-duplicate detection took {elapsed:.1f}s for 20k texts (100k: ~5x that)"
+    planted = rng.sample(range(len(texts)), 30)
+    for i in planted:  # one word appended: Jaccard (n-2)/(n-1) of word 3-grams, 0.93 or more
+        texts.append(texts[i] + " " + rng.choice(vocab))
+    groups = near_duplicate_groups(texts, 0.85)
+    assert sorted(map(sorted, groups)) == sorted([i, 20_000 + k] for k, i in enumerate(planted))

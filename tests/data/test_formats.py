@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import read_jsonl, write_jsonl
 from tunesmith.data.formats import Unconvertible, convert_file, read_records, to_format, to_messages
 from tunesmith.data.schema import Conversation, DataError, Source
 from tunesmith.data.validate import read_rows, validate_row
@@ -18,11 +19,6 @@ def conversation(record: dict, fmt: str) -> Conversation:
     row = validate_row(to_messages(record, fmt), SRC)
     assert row.conversation is not None, row.findings
     return row.conversation
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 # ------------------------------------------------------------------ detection on the real files
@@ -335,7 +331,7 @@ def test_convert_file_writes_valid_messages_and_reports_what_it_skipped(tmp_path
     assert result.reasons() == {"invalid_json": 1, "unconvertible": 1}
     summary = result.summary()
     assert f"{path}:2" in summary and f"{path}:3:output" in summary and "3 of 5" in summary
-    written = [json.loads(line) for line in out.read_text().splitlines()]
+    written = read_jsonl(out)
     assert [w["id"] for w in written] == ["r0", "r1", "r2"]
     fmt, rows = read_rows(out)
     assert fmt == "messages" and all(r.conversation is not None for r in rows)

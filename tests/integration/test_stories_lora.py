@@ -10,13 +10,13 @@ copy the name, copy the object, recall the object's colour. Names are ones whose
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import chat_row, read_jsonl, write_jsonl
 from tunesmith.config import load_config
 from tunesmith.runs import FINAL_DIR, METRICS_FILE
 
@@ -68,15 +68,12 @@ def held_out_pairs() -> list[tuple[str, str]]:
 
 
 def write_chats(path: Path, pairs: list[tuple[str, str]]) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for name, thing in pairs:
-            for question in QUESTIONS:
-                messages = [
-                    {"role": "user", "content": question.format(name=name, thing=thing)},
-                    {"role": "assistant", "content": answer(name, thing)},
-                ]
-                f.write(json.dumps({"messages": messages}) + "\n")
-    return path
+    rows = [
+        chat_row(question.format(name=name, thing=thing), answer(name, thing))
+        for name, thing in pairs
+        for question in QUESTIONS
+    ]
+    return write_jsonl(path, rows)
 
 
 @dataclass
@@ -144,7 +141,7 @@ def outcome(shared_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     result = train(config)
     assert result.final_dir == config.run_dir / FINAL_DIR and (result.final_dir / "adapter_config.json").is_file()
-    rows = [json.loads(line) for line in (config.run_dir / METRICS_FILE).read_text().splitlines()]
+    rows = read_jsonl(config.run_dir / METRICS_FILE)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     # Alternate the two phrasings over the held-out pairs: both are trained, neither pair is.

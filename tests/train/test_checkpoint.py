@@ -4,26 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
+from tests.conftest import tiny_llama
 from tunesmith.runs import COMPLETE_MARKER
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.checkpoint import TrainState
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
 
 
 def one_step(model, optimizer, scheduler):
@@ -96,8 +82,11 @@ def test_checkpoint_holds_exactly_the_expected_files_and_round_trips(tmp_path: P
 def test_every_file_loads_without_pickle(tmp_path: Path):
     model, optimizer, scheduler, state = trained_setup(tmp_path, step=1)
     path = ckpt.save_checkpoint(tmp_path, state, model=model, optimizer=optimizer, scheduler=scheduler)
-    for f in path.glob("*.pt"):
-        torch.load(f, weights_only=True)  # raises UnpicklingError on anything but tensors/plain types
+    pickled = sorted(f.name for f in path.glob("*.pt"))
+    # The list is checked first: a glob that finds nothing would make the loop below vacuous.
+    assert pickled == sorted([ckpt.OPTIMIZER_FILE, ckpt.SCHEDULER_FILE, ckpt.RNG_FILE.format(rank=0)])
+    for name in pickled:
+        torch.load(path / name, weights_only=True)  # raises UnpicklingError on anything but tensors/plain types
 
 
 def test_checkpoint_without_marker_is_never_loaded(tmp_path: Path):

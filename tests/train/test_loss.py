@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
+from tests.conftest import tiny_llama as shared_tiny_llama
 from tunesmith.train import loss as loss_module
 from tunesmith.train.batching import IGNORE_INDEX, collate
 from tunesmith.train.loss import trained_token_loss
@@ -12,17 +13,16 @@ VOCAB, PAD = 512, 0
 
 
 def tiny_llama(seed: int = 0, *, tied: bool = False) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+    model = shared_tiny_llama(
+        seed,
+        vocab=VOCAB,
+        hidden=64,
+        tied=tied,
         num_attention_heads=4,
         num_key_value_heads=2,
-        vocab_size=VOCAB,
-        tie_word_embeddings=tied,
+        max_position_embeddings=2048,
     )
-    return LlamaForCausalLM(cfg).float().train()
+    return model.float().train()
 
 
 def examples(n: int, seed: int = 0) -> list[dict[str, list[int]]]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import chat_row, read_jsonl, write_jsonl
 from tunesmith.config import Config, ConfigError, load_config
 from tunesmith.runs import CONFIG_FILE, FINAL_DIR, MANIFEST_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from tunesmith.train import checkpoint as ckpt
@@ -30,16 +31,12 @@ COLOURS = ["red", "blue", "green", "white", "black", "yellow", "red", "blue", "g
 def write_data(path: Path, n: int = 48, seed: int = 0) -> Path:
     """Questions with a fixed answer per word: learnable in a few dozen steps by a tiny model."""
     rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            i = rng.randrange(len(WORDS))
-            pad = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 6)))  # varied lengths
-            messages = [
-                {"role": "user", "content": f"{pad} what colour is {WORDS[i]}?"},
-                {"role": "assistant", "content": f"{COLOURS[i]}"},
-            ]
-            f.write(json.dumps({"messages": messages}) + "\n")
-    return path
+    rows = []
+    for _ in range(n):
+        i = rng.randrange(len(WORDS))
+        pad = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 6)))  # varied lengths
+        rows.append(chat_row(f"{pad} what colour is {WORDS[i]}?", COLOURS[i]))
+    return write_jsonl(path, rows)
 
 
 def tiny_inputs(root: Path) -> tuple[Path, Path]:
@@ -91,7 +88,7 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    return read_jsonl(run_dir / METRICS_FILE)
 
 
 def test_full_finetuning_learns_and_changes_every_weight(inputs: Path):
