@@ -29,7 +29,7 @@ from tunesmith.examples.text2sql import (
     write_example,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DIR = REPO / "examples" / "text2sql"
 N = 400  # big enough for every flaw kind and most templates, small enough for ~0.5 s
 
