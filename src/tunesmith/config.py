@@ -11,18 +11,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tunesmith.data.schema import CODES, DEFAULT_DROP
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # use_attribute_docstrings: each field's docstring becomes its description, which
+    # `tunesmith config show` prints above it (the docstring is the documentation).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(Section):
-    name_or_path: str = "examples/text2sql/tiny-model"
-    """Hub id or local directory, exactly as transformers takes it."""
+    name_or_path: str | None = None
+    """Required: the base model, a hub id or local directory exactly as transformers takes it."""
     trust_remote_code: bool = False
     """Off by default: running a repository's Python is the user's explicit decision."""
     chat_template: str | None = None
@@ -32,8 +34,10 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    path: str = "examples/text2sql/conversations.jsonl"
+    path: str | None = None
+    """Required for training: the examples file (messages JSONL, or any format `format` names)."""
     format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt-completion", "csv"] = "auto"
+    """The file's format; `auto` detects it from the rows."""
     max_seq_len: int = Field(1024, gt=0)
     """Tokens per example after templating; longer ones are flagged (and dropped if the cut hits an answer)."""
     train_on: Literal["all", "last"] = "all"
@@ -56,12 +60,17 @@ class DataConfig(Section):
 
 class LoraConfig(Section):
     r: int = Field(16, gt=0)
+    """Rank of the low-rank update (LoRA/QLoRA): more capacity, more trainable parameters."""
     alpha: int = Field(32, gt=0)
+    """Scale of the update: it is multiplied by alpha / r (alpha / sqrt(r) with use_rslora)."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """0 by default: dropout's random masks cost ~10% of a CPU step and small-data SFT rarely needs them."""
     target_modules: str | list[str] = "all-linear"
+    """Modules that get adapters: `all-linear` (every linear layer but the output head) or names."""
     use_dora: bool = False
+    """DoRA: a learned magnitude per output on top of LoRA's direction update (peft's use_dora)."""
     use_rslora: bool = False
+    """Rank-stabilised LoRA: scale by alpha / sqrt(r), so a higher r does not shrink the update."""
     train_stop_tokens: bool = True
     """Also train the embedding (and tied output) rows of the tokens that end an answer. A base
     model may never have seen its chat template's end-of-turn token: its row is then as good as
@@ -71,9 +80,11 @@ class LoraConfig(Section):
 
 class TrainConfig(Section):
     method: Literal["full", "lora", "qlora"] = "lora"
+    """`full`: every weight trains; `lora`: adapters on a frozen base; `qlora`: adapters on a 4-bit NF4 base."""
     lr: float | None = None
     """None: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning."""
     epochs: float = Field(3.0, gt=0)
+    """Passes over the training examples; fractions stop part-way through the last one."""
     effective_batch: int = Field(16, gt=0)
     """Examples per optimizer step, reached with gradient accumulation."""
     micro_batch: int = Field(8, gt=0)
@@ -92,8 +103,11 @@ class TrainConfig(Section):
     max_tokens_per_batch: int | None = None
     """Alternative to micro_batch for packing: cap on tokens per forward pass."""
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    """Fraction of all steps over which the LR rises linearly from 0; a cosine decay follows."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's decoupled weight decay."""
     grad_clip: float = Field(1.0, gt=0)
+    """Clip the gradient's global L2 norm to this before each optimizer step."""
     eval_every: float = Field(0.5, gt=0)
     """Validate (and checkpoint) every this many epochs."""
     early_stopping_patience: int = Field(2, ge=0)
@@ -101,10 +115,15 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     """Complete checkpoints kept besides the best one."""
     on_nan: Literal["stop", "retry"] = "stop"
+    """A NaN/inf loss or gradient: `stop` (exit 1 with advice) or `retry` from the last good checkpoint at half the LR."""
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    """Share of the examples held out for validation (at least one)."""
     seed: int = 0
+    """Seeds the split, the batch order, LoRA's initialisation and dropout."""
     resume: Literal["auto", "never"] = "auto"
+    """`auto`: continue from the newest complete checkpoint of the run directory; `never`: refuse to reuse one."""
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    """Trackers that get every metrics row besides metrics.jsonl (wandb/mlflow only when installed)."""
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -127,6 +146,7 @@ class GenerationConfig(Section):
     temperature: float = Field(0.0, ge=0)
     """0: greedy decoding (the default: evaluation should be repeatable)."""
     top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling: keep the most likely tokens up to this probability mass (1: all)."""
     batch_size: int = Field(16, gt=0)
     """Prompts per batched `generate` call (left-padded, KV cache)."""
 
@@ -149,9 +169,11 @@ class JudgeConfig(Section):
     """Base URL of an OpenAI-compatible endpoint (`.../v1`); the API key comes from the environment
     (TUNESMITH_JUDGE_API_KEY or OPENAI_API_KEY) and is never written anywhere."""
     model: str | None = None
+    """The judge model's name at that endpoint."""
     rubric: str | None = None
     """YAML file of criteria (name: definition of 1..5); None: accuracy, format compliance, tone."""
     concurrency: int = Field(4, gt=0)
+    """Requests in flight at once."""
     max_retries: int = Field(3, ge=0)
     """Retries (with backoff) on 429 and 5xx answers."""
 
@@ -173,21 +195,50 @@ class EvalConfig(Section):
     base: bool = True
     """Also generate with the base model, for the before/after comparison."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    """How answers are generated."""
     sql: SqlSuiteConfig = Field(default_factory=SqlSuiteConfig)
+    """The `sql` suite: where predicted and reference queries run."""
     json_schema: str | None = None
     """JSON Schema file the `json` suite validates outputs against."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """The `judge` suite: an LLM grading answers against a rubric."""
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
+    """General prompts that catch catastrophic forgetting."""
 
 
 class Config(Section):
-    name: str = "text2sql-demo"
+    name: str = "run"
+    """The run's name: everything it writes goes to `runs_dir/name/`."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The base model and its tokenizer."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """The examples, and the rules `data check`, `data clean` and training apply to them."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    """The adapters (train.method lora or qlora)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """The training loop."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Evaluation after training."""
+
+    @model_validator(mode="after")
+    def _names_model_and_data(self, info: ValidationInfo) -> Config:
+        # No library default for either: a default pointing at the demo's files made `tunesmith train`
+        # outside the repository fail deep inside transformers instead of here.
+        if info.context and not info.context.get("require_inputs", True):
+            return self
+        missing = [
+            f"{key}: required ({hint})"
+            for key, value, hint in (
+                ("model.name_or_path", self.model.name_or_path, "a hub id or a local model directory"),
+                ("data.path", self.data.path, "the examples file"),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError("; ".join(missing))
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -222,8 +273,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults), apply dotted overrides, validate."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, require_inputs: bool = True
+) -> Config:
+    """Read a YAML config (or start from defaults), apply dotted overrides, validate.
+    `require_inputs=False` lets model and data stay unnamed (the `data` commands take the file
+    from their argument and the tokenizer from --tokenizer)."""
     raw: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
@@ -238,12 +293,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...)")
     apply_overrides(raw, overrides or [])
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"require_inputs": require_inputs})
     except ValidationError as e:
         lines = [f"{where}: invalid config"]
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+            if not loc:  # a check across fields (Config._names_model_and_data) names its own keys
+                lines += [f"  {part}" for part in msg.removeprefix("Value error, ").split("; ")]
+                continue
             lines.append(f"  {loc}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 
@@ -251,3 +309,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def dump_config(config: Config) -> str:
     """The config as YAML, every default spelled out, secrets never included (we hold none)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def commented_yaml(section: BaseModel, indent: int = 0) -> str:
+    """The config as YAML with each field's documentation as a comment above it: `tunesmith config
+    show`. Loading the text back gives the same config (the comments are the only addition)."""
+    import textwrap
+
+    pad, lines = " " * indent, []
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        if info.description:
+            lines += [f"{pad}# {line}" for line in textwrap.wrap(" ".join(info.description.split()), 96 - indent)]
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            lines.append(commented_yaml(value, indent + 2).rstrip("\n"))
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+            lines.append(f"{pad}{name}: {text.removesuffix('...').strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def default_config() -> Config:
+    """Every default, model and data left unnamed (`config show --defaults`); not a runnable config."""
+    return Config.model_construct()

@@ -7,12 +7,17 @@ target, so a crash never leaves a half-written file where a later command would 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import yaml
 
 # On-disk names inside a run directory: one place, imported everywhere (DESIGN.md, convention 7).
 CONFIG_FILE = "config.yaml"
@@ -81,3 +86,78 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
             f.write("\n")
             n += 1
     return n
+
+
+# --- the manifest: what produced a run directory -------------------------------------------------
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_sha() -> str | None:
+    """The commit of tunesmith's own checkout (editable installs), not of the caller's cwd; None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def build_manifest(
+    stage: str, *, data_path: str | Path, rows: int, resumed_from: str | Path | None = None, **hardware: Any
+) -> dict[str, Any]:
+    """Versions, data fingerprint, git sha and hardware of a stage's run (MANIFEST_FILE).
+    `hardware` adds keys to the hardware section (e.g. mixed_precision)."""
+    import platform
+    import sys
+
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "stage": stage,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": sys.argv,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "accelerate": accelerate.__version__,
+        },
+        "data": {"path": str(data_path), "sha256": sha256_file(data_path), "rows": rows},
+        "git_sha": git_sha(),
+        "hardware": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            **hardware,
+        },
+    }
+
+
+def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
+    """`section.key` names whose values differ between two saved configs (CONFIG_FILE texts);
+    top-level scalars by their own name. For the warning a resume with a changed config prints."""
+    old, new = yaml.safe_load(old_yaml) or {}, yaml.safe_load(new_yaml) or {}
+    changed = []
+    for key in new.keys() | old.keys():
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{key}.{k}" for k in b.keys() | a.keys() if a.get(k) != b.get(k)]
+        elif a != b:
+            changed.append(key)
+    return sorted(changed)

@@ -15,7 +15,8 @@ import pytest
 import typer
 
 from tunesmith.cli.errors import EXIT_UNREADABLE, friendly_errors
-from tunesmith.data.formats import convert_file, read_records
+from tunesmith.data.convert import convert_file
+from tunesmith.data.formats import read_records
 from tunesmith.data.schema import DataError
 from tunesmith.data.validate import read_rows
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import read_jsonl, write_jsonl
-from tunesmith.data.formats import Unconvertible, convert_file, read_records, to_format, to_messages
+from tunesmith.data.convert import convert_file
+from tunesmith.data.formats import Unconvertible, read_records, to_format, to_messages
 from tunesmith.data.schema import Conversation, DataError, Source
 from tunesmith.data.validate import read_rows, validate_row
 

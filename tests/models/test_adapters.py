@@ -32,7 +32,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(path: Path, method: str, **lora: object) -> Config:
-    return Config(model={"name_or_path": str(path), "dtype": "float32"}, train={"method": method}, lora=lora)
+    return Config(
+        model={"name_or_path": str(path), "dtype": "float32"}, data={"path": "d.jsonl"}, train={"method": method}, lora=lora
+    )
 
 
 def train_steps(model: torch.nn.Module, steps: int = 2) -> dict[str, torch.Tensor]:

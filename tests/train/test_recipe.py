@@ -267,7 +267,9 @@ def test_mixed_precision_auto_follows_the_hardware(setting: str, native: bool, e
     from tunesmith.models import load
 
     monkeypatch.setattr(load, "native_bf16", lambda: native)
-    config = Config.model_validate({"train": {"mixed_precision": setting}})
+    config = Config.model_validate(
+        {"model": {"name_or_path": "m"}, "data": {"path": "d.jsonl"}, "train": {"mixed_precision": setting}}
+    )
     assert recipe._mixed_precision(config) == expected
 
 

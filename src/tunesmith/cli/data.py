@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from tunesmith.cli.errors import EXIT_BLOCKING, EXIT_OK, friendly_errors
-from tunesmith.config import DataConfig, load_config
+from tunesmith.config import Config, load_config
 
 app = typer.Typer(no_args_is_help=True, help="Read, check, clean and inspect example files.")
 console = Console()
@@ -22,22 +22,43 @@ TokenizerOpt = Annotated[
 MaxLenOpt = Annotated[
     int | None, typer.Option("--max-seq-len", help="Tokens per example (default: the config's data.max_seq_len).")
 ]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config whose data section to use.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Run config: its data section, and its model's tokenizer and chat template (as training uses them).",
+    ),
+]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Dotted overrides of the config, e.g. data.max_seq_len=512 data.train_on=last."),
+]
 
 
-def _data_config(config: Path | None, max_seq_len: int | None) -> DataConfig:
-    data = load_config(config).data
+def _settings(config: Path | None, overrides: list[str] | None, input: Path, max_seq_len: int | None) -> Config:
+    """The config in force for a `data` command: the file given is its data.path."""
+    settings = load_config(config, overrides or [], require_inputs=False)
+    settings.data.path = str(input)
     if max_seq_len is not None:
-        data.max_seq_len = max_seq_len
-    return data
+        settings.data.max_seq_len = max_seq_len
+    return settings
 
 
-def _tokenizer(name: str | None):
+def _tokenizer(name: str | None, settings: Config | None = None):
+    """--tokenizer, else the config's model; with the config's chat template either way, so the
+    check sees the template training will use."""
+    model = settings.model if settings is not None else None
+    name = name or (model.name_or_path if model is not None else None)
     if name is None:
         return None
     from tunesmith.data.template import load_tokenizer
 
-    return load_tokenizer(name)
+    return load_tokenizer(
+        name,
+        chat_template=model.chat_template if model is not None else None,
+        trust_remote_code=model.trust_remote_code if model is not None else False,
+    )
 
 
 @app.command("convert")
@@ -47,7 +68,7 @@ def convert_command(
     format: FormatOpt = "auto",
 ) -> None:
     """Convert Alpaca, ShareGPT, prompt/completion, CSV or Parquet to OpenAI messages JSONL."""
-    from tunesmith.data.formats import convert_file
+    from tunesmith.data.convert import convert_file
 
     with friendly_errors():
         result = convert_file(input, output, fmt=format)
@@ -63,17 +84,20 @@ def check_command(
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
     format: FormatOpt = "auto",
     config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
-    """Report what is wrong with a file of examples, and where. Exit 1 if something blocks training."""
+    """Report what is wrong with a file of examples, and where. Exit 1 if something blocks training:
+    the rows with an error are exactly the rows training drops."""
     from tunesmith.data.check import check_file
     from tunesmith.data.report import print_report, write_report_json
 
     with friendly_errors():
-        data_config = _data_config(config, max_seq_len)
+        settings = _settings(config, overrides, input, max_seq_len)
+        data_config = settings.data
         result = check_file(
             input,
             config=data_config,
-            tokenizer=_tokenizer(tokenizer),
+            tokenizer=_tokenizer(tokenizer, settings),
             fmt=format,
             plot_dir=report.parent if report else None,
             progress=True,
@@ -98,16 +122,24 @@ def clean_command(
     max_seq_len: MaxLenOpt = None,
     format: FormatOpt = "auto",
     config: ConfigOpt = None,
+    overrides: OverridesArg = None,
 ) -> None:
     """Split a file into clean rows and rejects; every input row ends in exactly one of them."""
     from tunesmith.data.clean import clean_file
 
     with friendly_errors():
-        data_config = _data_config(config, max_seq_len)
+        settings = _settings(config, overrides, input, max_seq_len)
+        data_config = settings.data
         if drop is not None:
             data_config.drop = [c.strip() for c in drop.split(",") if c.strip()]  # validated on assignment
         result = clean_file(
-            input, output, rejects, config=data_config, tokenizer=_tokenizer(tokenizer), fmt=format, progress=True
+            input,
+            output,
+            rejects,
+            config=data_config,
+            tokenizer=_tokenizer(tokenizer, settings),
+            fmt=format,
+            progress=True,
         )
     console.print(result.summary())
 

@@ -2,7 +2,8 @@
 
 One pass, in this order: read and validate every row (format findings), the quality gates,
 exact and near duplicates, then, given a tokenizer, the chat template: each row is rendered,
-tokenized and masked exactly as training will do it, which finds `too_long` rows and the worst
+tokenized, masked and fitted to `max_seq_len` by the rule training applies (`prepare.fit_rows`):
+every row with an ERROR finding is a row training drops. This finds `too_long` rows and the worst
 trap of all, `answer_truncated`: the right-side cut at `max_seq_len` removes part or all of an
 answer, so the model learns to ask and never to answer. Findings about the tokenizer itself are
 reported once, on row 0 (the whole file).
@@ -16,16 +17,24 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from tunesmith.config import DataConfig
 from tunesmith.data.dedup import find_duplicates
+from tunesmith.data.prepare import DataSettings, fit_rows
 from tunesmith.data.quality import quality_findings
 from tunesmith.data.schema import CODES, Finding, Row, Severity, Source
 from tunesmith.data.validate import read_rows
 from tunesmith.runs import LENGTHS_PLOT_FILE, atomic_open
+
+
+class CheckSettings(DataSettings, Protocol):
+    """What `data check` needs of the data config (the run config's `DataConfig` is one)."""
+
+    near_dup_threshold: float
+    refusal_phrases: list[str]
+
 
 FILE_ROW = 0  # the row number of findings about the whole file (the tokenizer, its template)
 _NO_TOKENIZER = "no tokenizer given: template, length and truncation checks skipped (pass --tokenizer)"
@@ -56,7 +65,7 @@ class Checked:
 
 
 def check_rows(
-    path: str | Path, *, config: DataConfig, tokenizer: Any = None, fmt: str = "auto", progress: bool = False
+    path: str | Path, *, config: CheckSettings, tokenizer: Any = None, fmt: str = "auto", progress: bool = False
 ) -> Checked:
     """Read a file and attach every finding to its row. Raises DataError if it cannot be read.
     `progress` shows a progress bar (on stderr) over templating and tokenizing, the slow part."""
@@ -86,61 +95,21 @@ def _tokenizer_findings(tokenizer: Any, path: str) -> list[Finding]:
     return [Finding(code, Source(path, FILE_ROW), message) for code, message in inspect_tokenizer(tokenizer)]
 
 
-def _last_trained_answer(messages: list[dict[str, Any]], train_on: str) -> int | None:
-    # The cut takes the end of the row, so the last trained answer is the one it reaches first.
-    answers = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    if train_on == "last":
-        answers = answers[-1:]
-    answers = [i for i in answers if messages[i].get("weight", 1) != 0]
-    return answers[-1] if answers else None
-
-
-def _token_checks(rows: list[Row], tokenizer: Any, config: DataConfig, progress: bool = False) -> Lengths:
-    """Template errors, `too_long` and `answer_truncated` per row; token counts of the encodable ones."""
-    from rich.console import Console
-    from rich.progress import track
-
-    from tunesmith.data.template import IGNORE_INDEX, TemplateError, iter_encode
-
-    limit = config.max_seq_len
+def _token_checks(rows: list[Row], tokenizer: Any, config: CheckSettings, progress: bool = False) -> Lengths:
+    """Template errors, `too_long`, `answer_truncated` and `nothing_trained` per row, by the rule
+    training applies (`prepare.fit_rows`); token counts of the rows the template encodes."""
     numbers, tokens, trained, kept = [], [], [], []
-    conversations = (r.conversation for r in rows)
-    encoded = iter_encode(conversations, tokenizer, train_on=config.train_on)  # type: ignore[arg-type]
-    if progress:
-        encoded = track(
-            encoded,
-            total=len(rows),
-            description="templating + tokenizing",
-            console=Console(stderr=True),
-            transient=True,
-        )
-    for row, enc in zip(rows, encoded):
-        src = row.source
-        if isinstance(enc, TemplateError):
-            row.findings.append(Finding(enc.code, src, enc.message, enc.field))
-            continue
-        n = len(enc.input_ids)
-        cut = sum(1 for label in enc.labels[limit:] if label != IGNORE_INDEX) if n > limit else 0
-        numbers.append(src.row)
-        tokens.append(n)
-        trained.append(enc.n_trained)
-        kept.append(enc.n_trained - cut)
-        if n <= limit:
-            continue
-        row.findings.append(
-            Finding(
-                "too_long", src, f"{n} tokens after templating, over max_seq_len={limit}; the last {n - limit} are cut"
-            )
-        )
-        if cut:
-            answer = _last_trained_answer(row.conversation.messages, config.train_on)  # type: ignore[union-attr]
-            whole = "all" if cut == enc.n_trained else f"{cut} of {enc.n_trained}"
-            message = (
-                f"the max_seq_len={limit} cut removes {whole} trained answer tokens: the model would learn to "
-                "start this answer and never finish it; shorten the row or raise max_seq_len"
-            )
-            where = f"messages[{answer}].content" if answer is not None else None
-            row.findings.append(Finding("answer_truncated", src, message, where))
+    for fitted in fit_rows(
+        rows,
+        tokenizer,
+        max_seq_len=config.max_seq_len,
+        train_on=config.train_on,
+        progress=progress,  # type: ignore[arg-type]
+    ):
+        numbers.append(fitted.row.source.row)
+        tokens.append(len(fitted.encoded.input_ids))
+        trained.append(fitted.encoded.n_trained)
+        kept.append(fitted.encoded.n_trained - fitted.cut.trained)
     return Lengths(numbers, *(np.asarray(x, dtype=np.int64) for x in (tokens, trained, kept)))
 
 
@@ -232,7 +201,7 @@ def plot_lengths(lengths: Lengths, max_seq_len: int, path: str | Path, title: st
     return Path(path)
 
 
-def build_report(checked: Checked, config: DataConfig, plot_dir: str | Path | None = None) -> CheckReport:
+def build_report(checked: Checked, config: CheckSettings, plot_dir: str | Path | None = None) -> CheckReport:
     """Summarise checked rows: findings in row order, counts, the verdict, stats and the plot."""
     findings = checked.file_findings + [f for row in checked.rows for f in row.findings]
     counts = dict(Counter(f.code for f in findings).most_common())
@@ -270,7 +239,7 @@ def build_report(checked: Checked, config: DataConfig, plot_dir: str | Path | No
 def check_file(
     path: str | Path,
     *,
-    config: DataConfig,
+    config: CheckSettings,
     tokenizer: Any = None,
     fmt: str = "auto",
     plot_dir: str | Path | None = None,

@@ -13,14 +13,19 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tunesmith.config import DataConfig
-from tunesmith.data.check import check_rows
+from tunesmith.data.check import CheckSettings, check_rows
 from tunesmith.data.schema import Finding, Row
 from tunesmith.runs import write_jsonl
 
 _DUPLICATE_CODES = ("exact_duplicate", "near_duplicate")
+
+
+class CleanSettings(CheckSettings, Protocol):
+    """What `data clean` needs of the data config (the run config's `DataConfig` is one)."""
+
+    drop: list[str]  # finding codes whose rows are rejected
 
 
 @dataclass
@@ -67,7 +72,7 @@ def clean_file(
     out: str | Path,
     rejects: str | Path,
     *,
-    config: DataConfig,
+    config: CleanSettings,
     tokenizer: Any = None,
     drop: Iterable[str] | None = None,
     fmt: str = "auto",

@@ -7,7 +7,7 @@ Two jobs, kept apart:
   all raises `DataError` (exit code 2).
 - `to_messages` / `to_format` convert one record between a source format (alpaca, sharegpt,
   prompt-completion) and a messages record. They know nothing of files; `validate.read_rows`
-  chains the two and checks the result.
+  chains the two and checks the result, and `convert.convert_file` writes whole files.
 
 Conversions, and the few places where a round trip is not exact:
 - alpaca: system → system message; each `history` pair → user + assistant; instruction and input
@@ -30,12 +30,10 @@ import csv
 import json
 import re
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.schema import Conversation, DataError, Finding, Row, Severity, Source
-from tunesmith.runs import write_jsonl
+from tunesmith.data.schema import Conversation, DataError, Finding, Row, Source
 
 FORMATS = ("messages", "alpaca", "sharegpt", "prompt-completion")
 # What `--format` accepts: `csv` means "a CSV file whose columns map to alpaca or
@@ -600,55 +598,3 @@ def _call_to_sharegpt(function: dict[str, Any]) -> dict[str, Any]:
     except (TypeError, json.JSONDecodeError):
         arguments = function["arguments"]
     return {"name": function["name"], "arguments": arguments}
-
-
-# ---------------------------------------------------------------------------------------------
-# The `data convert` entry point
-
-
-@dataclass
-class ConvertResult:
-    format: str  # the source format used (detected when asked for auto)
-    output_path: str
-    rows_read: int
-    rows_written: int
-    skipped: list[Row] = field(default_factory=list)  # rows not written, each with its findings
-
-    @property
-    def failed(self) -> int:
-        return len(self.skipped)
-
-    def reasons(self) -> dict[str, int]:
-        """How many skipped rows carry each error code."""
-        counts: dict[str, int] = {}
-        for row in self.skipped:
-            for code in sorted({f.code for f in row.findings if f.severity is Severity.ERROR}):
-                counts[code] = counts.get(code, 0) + 1
-        return counts
-
-    def summary(self, show: int = 10) -> str:
-        """A few lines for people: what was written, and where the first skipped rows are."""
-        lines = [
-            f"{self.format} → messages: {self.rows_written} of {self.rows_read} rows written to {self.output_path}"
-        ]
-        if self.skipped:
-            counts = ", ".join(f"{code} {n}" for code, n in sorted(self.reasons().items()))
-            lines.append(f"{self.failed} row{'s' if self.failed > 1 else ''} skipped ({counts}):")
-            for row in self.skipped[:show]:
-                first = next(f for f in row.findings if f.severity is Severity.ERROR)
-                where = f"{row.source}:{first.field}" if first.field else str(row.source)
-                lines.append(f"  {where}: {first.code}: {first.message}")
-            if self.failed > show:
-                lines.append(f"  ... and {self.failed - show} more")
-        return "\n".join(lines)
-
-
-def convert_file(input_path: str | Path, output_path: str | Path, fmt: str = "auto") -> ConvertResult:
-    """Convert a data file to messages JSONL, written atomically. Rows with an ERROR finding, from
-    the conversion or from the messages checks, are left out and returned with their reasons:
-    the output is a file `data check` finds no format errors in."""
-    from tunesmith.data.validate import read_rows  # validate imports this module, so not at the top
-
-    fmt, rows = read_rows(input_path, fmt)
-    written = write_jsonl(output_path, (row.conversation.to_json() for row in rows if row.conversation is not None))
-    return ConvertResult(fmt, str(output_path), len(rows), written, [row for row in rows if row.conversation is None])

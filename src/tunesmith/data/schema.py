@@ -66,6 +66,7 @@ _CODES = [
     Code("placeholder", Severity.WARNING, True, "unfilled placeholder such as {{name}} or [Your Name]"),
     Code("too_long", Severity.WARNING, False, "rendered tokens exceed max_seq_len"),
     Code("answer_truncated", Severity.ERROR, True, "the max_seq_len cut removes part or all of an answer"),
+    Code("nothing_trained", Severity.ERROR, True, "no token carries loss: every answer has weight 0"),
     Code("no_user_message", Severity.WARNING, False, "no user message"),
     Code("no_system_message", Severity.INFO, False, "no system message"),
 ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +72,14 @@ class Rendered:
     ends_with_answer: bool  # the last span is the conversation's last message: EOS may go after it
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What fitting an example to `max_len` removed from its right end."""
+
+    tokens: int  # tokens removed (0: the example fits)
+    trained: int  # of those, trained (answer) tokens: more than 0 means the cut hits an answer
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -81,6 +89,24 @@ class Encoded:
     eos_appended: bool = False  # the template wrote no end-of-turn after the final answer
     # Per trained span, the end-of-turn token id trained after it (None: the template wrote none).
     terminators: tuple[int | None, ...] = ()
+
+    def fit(self, max_len: int) -> tuple[Encoded, Cut]:
+        """This example cut on the right to at most `max_len` tokens, and what the cut removed.
+        The one rule `data check` reports and training applies (tunesmith.data.prepare): a cut that
+        removes only untrained tokens is harmless; one with `cut.trained > 0` would teach the model
+        to start an answer and never finish it, so such an example is dropped, never trained."""
+        if len(self.input_ids) <= max_len:
+            return self, Cut(0, 0)
+        removed = self.labels[max_len:]
+        trained = len(removed) - removed.count(IGNORE_INDEX)
+        fitted = replace(
+            self,
+            input_ids=self.input_ids[:max_len],
+            labels=self.labels[:max_len],
+            attention_mask=self.attention_mask[:max_len],
+            n_trained=self.n_trained - trained,
+        )
+        return fitted, Cut(len(removed), trained)
 
 
 @dataclass(frozen=True)
@@ -208,7 +234,9 @@ def _call_arguments(call: Any, as_dict: bool) -> Any:
     return call
 
 
-def _trained_indices(messages: Sequence[dict[str, Any]], train_on: TrainOn) -> list[int]:
+def trained_indices(messages: Sequence[dict[str, Any]], train_on: TrainOn) -> list[int]:
+    """Indices of the messages that carry loss: the assistant ones (only the last with
+    `train_on="last"`), except those with `weight: 0`."""
     assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
     if train_on == "last":
         assistant = assistant[-1:]
@@ -356,7 +384,7 @@ def render(
         located = _locate_by_sentinels(text, messages, tokenizer, tools, whole_tool_calls=True)
         if not located and any(m.get("tool_calls") for m in messages):
             located = _locate_by_sentinels(text, messages, tokenizer, tools, whole_tool_calls=False)
-    trained = _trained_indices(messages, train_on)
+    trained = trained_indices(messages, train_on)
     for i in trained:
         if i not in located and not messages[i].get("tool_calls"):
             raise TemplateError(

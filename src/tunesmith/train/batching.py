@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100  # label value that carries no loss (the PyTorch / transformers convention)
+from tunesmith.data.template import IGNORE_INDEX  # one definition; re-exported for train/ modules
+
 MEGA_CHUNK = 50  # micro-batches per sorted chunk: enough to find length neighbours, small enough to stay random
 
 

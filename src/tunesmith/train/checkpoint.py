@@ -196,18 +196,45 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    accelerator: Any = None,
+    wrapped: torch.nn.Module | None = None,
+    keep: int | None = None,
 ) -> Path:
-    """Single-process save (the recipe spreads the same steps over ranks)."""
-    staging = begin(run_dir, state.step)
-    write_rank_files(staging, 0)
-    write_main_files(
-        staging,
-        state,
-        weights=trainable_weights(model),
-        optimizer_state=optimizer.state_dict(),
-        scheduler_state=scheduler.state_dict(),
-    )
-    return commit(staging)
+    """The one save path, for training and tests alike. Without `accelerator`: one process. With
+    it, every rank calls this together: each writes its RNG (and its optimizer shard under DeepSpeed
+    or FSDP, whose `wrapped` module's state dict is gathered to the main process), the main process
+    the rest, then the marker and the rename. `keep`: afterwards, delete complete checkpoints beyond
+    the `keep` newest, never the best (`state.guard["best_step"]`). Returns the checkpoint path."""
+    rank, main, sharded = 0, True, False
+    if accelerator is not None:
+        from accelerate.utils import DistributedType
+
+        rank, main = accelerator.process_index, accelerator.is_main_process
+        sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    barrier = accelerator.wait_for_everyone if accelerator is not None else (lambda: None)
+    if main:
+        begin(run_dir, state.step)
+    barrier()
+    staging = staging_path(run_dir, state.step)
+    write_rank_files(staging, rank, optimizer_state=optimizer.state_dict() if sharded else None)
+    gathered = None
+    if sharded:  # a collective: every rank takes part, the main process gets the full tensors
+        gathered = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(wrapped).items()}
+    if main:
+        write_main_files(
+            staging,
+            state,
+            weights=trainable_weights(model, gathered),
+            optimizer_state=None if sharded else optimizer.state_dict(),
+            scheduler_state=scheduler.state_dict(),
+        )
+    barrier()
+    if main:
+        commit(staging)
+        if keep is not None:
+            rotate(run_dir, keep=keep, best_step=state.guard.get("best_step"))
+    barrier()
+    return step_path(run_dir, state.step)
 
 
 def trainable_weights(

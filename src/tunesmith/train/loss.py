@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tunesmith.train.batching import IGNORE_INDEX
+from tunesmith.data.template import IGNORE_INDEX
 
 # Architectures whose causal-LM forward is exactly `lm_head(hidden)` (plus Gemma's optional
 # `final_logit_softcapping`). Others may scale logits (Granite, Cohere) or add losses (MoE routers),

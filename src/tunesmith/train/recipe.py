@@ -17,25 +17,20 @@ same batch plan from the same seed and takes every world-th micro-batch of each 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import platform
 import random
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.tracking import TensorBoardTracker
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -43,7 +38,7 @@ from rich.table import Table
 from transformers import get_cosine_schedule_with_warmup
 
 from tunesmith.config import Config, ConfigError, dump_config
-from tunesmith.data.schema import Severity
+from tunesmith.data.template import IGNORE_INDEX
 from tunesmith.runs import (
     CONFIG_FILE,
     FINAL_DIR,
@@ -53,12 +48,14 @@ from tunesmith.runs import (
     PLOTS_DIR,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
+    build_manifest,
+    changed_keys,
     write_json,
     write_jsonl,
     write_text,
 )
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.batching import IGNORE_INDEX, Padding, collate, plan_batches
+from tunesmith.train.batching import Padding, collate, plan_batches
 from tunesmith.train.checkpoint import TrainState
 from tunesmith.train.guards import (
     COMPLETED,
@@ -279,12 +276,11 @@ def _write_run_files(config: Config, resume_from: Path | None, rows: int, precis
     path = config.run_dir / CONFIG_FILE
     text = dump_config(config)
     if resume_from is not None and path.is_file() and path.read_text(encoding="utf-8") != text:
-        old, new = yaml.safe_load(path.read_text(encoding="utf-8")), yaml.safe_load(text)
-        changed = [
-            f"{s}.{k}" for s in new if isinstance(new[s], dict) for k in new[s] if old.get(s, {}).get(k) != new[s][k]
-        ]
-        console.print(f"[yellow]resuming with a changed config: {', '.join(changed) or 'top-level keys'}[/]")
-    manifest = _manifest(config, resume_from, rows, precision)
+        changed = changed_keys(path.read_text(encoding="utf-8"), text)
+        console.print(f"[yellow]resuming with a changed config: {', '.join(changed) or 'formatting only'}[/]")
+    manifest = build_manifest(
+        "train", data_path=config.data.path, rows=rows, resumed_from=resume_from, mixed_precision=precision
+    )
     previous = config.run_dir / MANIFEST_FILE
     if resume_from is not None and previous.is_file():
         # The checkpoint's data position indexes the old examples: resuming on other data would
@@ -299,88 +295,21 @@ def _write_run_files(config: Config, resume_from: Path | None, rows: int, precis
     write_json(previous, manifest)
 
 
-def _manifest(config: Config, resume_from: Path | None, rows: int, precision: str) -> dict[str, Any]:
-    import accelerate
-    import peft
-    import transformers
-
-    data = Path(config.data.path)
-    digest = hashlib.sha256()
-    with open(data, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    try:  # the code that trained: tunesmith's own checkout (editable installs), not the caller's cwd
-        git = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        git = ""
-    return {
-        "stage": "train",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": sys.argv,
-        "resumed_from": str(resume_from) if resume_from else None,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "accelerate": accelerate.__version__,
-        },
-        "data": {"path": str(data), "sha256": digest.hexdigest(), "rows": rows},
-        "git_sha": git or None,
-        "hardware": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-            "processes": int(os.environ.get("WORLD_SIZE", "1")),
-            "mixed_precision": precision,
-        },
-    }
-
-
 def _load_examples(config: Config, tokenizer: Any) -> tuple[list[Any], list[Any], int, list[str]]:
-    """Read, encode and split: (train, val, rows read, notes). Rows with error findings, template
-    errors or an answer cut by max_seq_len are dropped (and counted); `tunesmith data check` says
-    which and why."""
-    from tunesmith.data.template import Encoded, encode_batch
-    from tunesmith.data.validate import read_rows
+    """Read, encode and split: (train, val, rows read, notes). `data.prepare` drops rows with error
+    findings, template errors, an answer cut by max_seq_len or nothing to train (and counts them):
+    the very rows `tunesmith data check` marks as errors, and says why."""
+    from tunesmith.data.prepare import prepare
 
-    _, rows = read_rows(config.data.path, config.data.format)
-    good = [r for r in rows if r.conversation is not None and not any(f.severity == Severity.ERROR for f in r.findings)]
-    encoded = encode_batch([r.conversation for r in good], tokenizer, train_on=config.data.train_on)
-    fitted = [_fit_length(x, config.data.max_seq_len) for x in encoded if isinstance(x, Encoded)]
-    examples = [x for x in fitted if x is not None]
-    dropped = {
-        "with data errors": len(rows) - len(good),
-        "the template rejects": len(encoded) - len(fitted),
-        "with an answer cut by max_seq_len or nothing to train": len(fitted) - len(examples),
-    }
-    notes = (
-        ["dropped rows: " + ", ".join(f"{n} {why}" for why, n in dropped.items() if n)] if any(dropped.values()) else []
-    )
+    prepared = prepare(config.data, tokenizer, config.data.path)
+    examples, notes = prepared.examples, prepared.notes()
     if len(examples) < 2:
         raise ConfigError(
             f"{config.data.path}: {len(examples)} usable examples; training needs at least 2 "
             "(see `tunesmith data check`)"
         )
     train_idx, val_idx = split_train_val(len(examples), config.train.val_fraction, config.train.seed)
-    return [examples[i] for i in train_idx], [examples[i] for i in val_idx], len(rows), notes
-
-
-def _fit_length(example: Any, max_len: int) -> Any | None:
-    """Cut to max_len when the cut only removes untrained tokens; None when it would cut an answer."""
-    if _trained(example) == 0 or any(t != IGNORE_INDEX for t in example.labels[max_len:]):
-        return None
-    if len(example.input_ids) <= max_len:
-        return example
-    return replace(
-        example,
-        input_ids=example.input_ids[:max_len],
-        labels=example.labels[:max_len],
-        attention_mask=example.attention_mask[:max_len],
-    )
+    return [examples[i] for i in train_idx], [examples[i] for i in val_idx], prepared.rows_read, notes
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -465,8 +394,9 @@ def _plan(session: _Session, micro_batch: int, epoch: int) -> list[list[int]]:
 
 def _scale_lr(optimizer, scheduler, factor: float) -> None:
     # Cosine-with-warmup is base_lr × f(step): scaling base and current LR scales the whole schedule.
+    # The scheduler's get_last_lr() stays stale until its next step: nothing reads it (the recipe
+    # logs the optimizer's LR), so no private attribute is written here.
     scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
-    scheduler._last_lr = [lr * factor for lr in scheduler.get_last_lr()]
     for group in optimizer.param_groups:
         group["lr"] *= factor
         group["initial_lr"] *= factor
@@ -733,33 +663,16 @@ def _progress(console: Console, total: int, done: int):
 
 
 def _save(session: _Session, run: _Attempt) -> None:
-    """A checkpoint written by all ranks together: each its RNG (and optimizer shard when sharded),
-    the main process the rest, then the marker and the rename."""
-    accelerator, run_dir, step = session.accelerator, session.config.run_dir, run.state.step
-    sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-    if accelerator.is_main_process:
-        ckpt.begin(run_dir, step)
-    accelerator.wait_for_everyone()
-    staging = ckpt.staging_path(run_dir, step)
-    ckpt.write_rank_files(
-        staging, accelerator.process_index, optimizer_state=run.optimizer.state_dict() if sharded else None
+    ckpt.save_checkpoint(
+        session.config.run_dir,
+        run.state,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        accelerator=session.accelerator,
+        wrapped=run.loss_model,
+        keep=session.config.train.keep_checkpoints,
     )
-    gathered = None
-    if sharded:  # a collective: every rank takes part, the main process gets the full tensors
-        gathered = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(run.loss_model).items()}
-    if accelerator.is_main_process:
-        ckpt.write_main_files(
-            staging,
-            run.state,
-            weights=ckpt.trainable_weights(run.model, gathered),
-            optimizer_state=None if sharded else run.optimizer.state_dict(),
-            scheduler_state=run.scheduler.state_dict(),
-        )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.commit(staging)
-        ckpt.rotate(run_dir, keep=session.config.train.keep_checkpoints, best_step=run.state.guard.get("best_step"))
-    accelerator.wait_for_everyone()
 
 
 def _base_loader(config: Config):
