@@ -18,9 +18,7 @@ def test_defaults_follow_the_method():
 
 
 def test_dotted_overrides_parse_yaml_scalars():
-    config = load_config(
-        overrides=[*NAMED, "train.lr=1e-4", "lora.r=32", "train.report_to=[]", "data.max_seq_len=512"]
-    )
+    config = load_config(overrides=[*NAMED, "train.lr=1e-4", "lora.r=32", "train.report_to=[]", "data.max_seq_len=512"])
     assert config.train.lr == pytest.approx(1e-4)
     assert config.lora.r == 32 and config.train.report_to == [] and config.data.max_seq_len == 512
 

@@ -33,7 +33,10 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(path: Path, method: str, **lora: object) -> Config:
     return Config(
-        model={"name_or_path": str(path), "dtype": "float32"}, data={"path": "d.jsonl"}, train={"method": method}, lora=lora
+        model={"name_or_path": str(path), "dtype": "float32"},
+        data={"path": "d.jsonl"},
+        train={"method": method},
+        lora=lora,
     )
 
 
