@@ -107,12 +107,13 @@ TRAIN_FILE, POOL_FILE, HELDOUT_FILE = "train.jsonl", "tunesmith.jsonl", "heldout
 
 def model_dir(preset: str) -> Path:
     """The preset's model directory under WORK, built on first use (random weights, seed 0)."""
+    from tunesmith.examples.text2sql import example_texts
     from tunesmith.models.tiny import build_tiny_model
 
     out = WORK / "models" / preset
     if not (out / "model.safetensors").is_file():
         print(f"building the {preset} model in {out} ...", flush=True)
-        build_tiny_model(out, preset=preset)
+        build_tiny_model(out, preset=preset, texts=example_texts())
     return out
 
 

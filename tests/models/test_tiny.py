@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, Qwen2ForCausalLM
 
 from tests.conftest import fixture_tokenizer_dir
+from tunesmith.examples.text2sql import example_texts
 from tunesmith.models.tiny import (
     END_OF_TURN,
     PAD_TOKEN,
@@ -38,7 +39,7 @@ FAST = dict(layers=1, vocab_size=512)  # a few hundred ms per build
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny preset as tests elsewhere use it: default corpus (the text-to-SQL example)."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts=example_texts())
 
 
 def test_builds_a_normal_model_directory_that_auto_classes_load(tiny_dir: Path) -> None:
@@ -139,7 +140,9 @@ def test_dimension_overrides_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must divide"):
         build_tiny_model(tmp_path / "bad", texts=CORPUS, hidden_size=100, heads=3, **FAST)
     with pytest.raises(ValueError, match="preset 'huge'"):
-        build_tiny_model(tmp_path / "bad", preset="huge")  # type: ignore[arg-type]
+        build_tiny_model(tmp_path / "bad", texts=CORPUS, preset="huge")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs `texts`"):
+        build_tiny_model(tmp_path / "bad", **FAST)
     with pytest.raises(ValueError, match="arch 'gpt2'"):
         build_tiny_model(tmp_path / "bad", arch="gpt2", texts=CORPUS, **FAST)  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # failed builds leave nothing behind

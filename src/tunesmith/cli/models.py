@@ -15,7 +15,12 @@ def tiny_command(
     out_dir: Path,
     arch: Annotated[str, typer.Option(help="llama or qwen2")] = "llama",
     preset: Annotated[str, typer.Option(help="tiny (~1M params), small (~15M) or medium (~110M)")] = "tiny",
-    texts: Annotated[Path | None, typer.Option(help="Messages JSONL whose text trains the tokenizer.")] = None,
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Messages JSONL whose text trains the tokenizer (default: the built-in text-to-SQL example)."
+        ),
+    ] = None,
     tokenizer_from: Annotated[
         Path | None, typer.Option(help="Copy this tokenizer directory instead of training one.")
     ] = None,
@@ -25,6 +30,10 @@ def tiny_command(
     from tunesmith.models.tiny import build_tiny_model, texts_from_jsonl
 
     corpus = texts_from_jsonl(texts) if texts else None
+    if corpus is None and tokenizer_from is None:
+        from tunesmith.examples.text2sql import example_texts
+
+        corpus = example_texts()
     path = build_tiny_model(out_dir, arch=arch, preset=preset, texts=corpus, tokenizer_from=tokenizer_from, seed=seed)
     typer.echo(f"wrote {path}")
 

@@ -18,6 +18,7 @@ on, useful for grouping in splits); duplicates say which row they copy in `dupli
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import os
 import random
@@ -1333,3 +1334,16 @@ def write_example(out_dir: str | Path, n: int = 3000, seed: int = 0) -> tuple[Pa
     db_path = generate_database(out_dir / DB_FILE, seed=seed)
     rows = generate_conversations(db_path, n=n, seed=seed)
     return db_path, write_conversations(out_dir / CONVERSATIONS_FILE, rows)
+
+
+EXAMPLE_CORPUS_SIZE = 600  # conversations example_texts() generates: ~1 s
+
+
+@functools.lru_cache(maxsize=1)
+def example_texts(n: int = EXAMPLE_CORPUS_SIZE) -> tuple[str, ...]:
+    """Message texts of clean example conversations (generated, deterministic): the corpus a tiny
+    model's tokenizer trains on when no data is given (`tunesmith model tiny`, tests, benchmarks)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = generate_database(Path(tmp) / DB_FILE)
+        rows = generate_conversations(db, n=n, flaw_rate=0.0)
+    return tuple(m["content"] for row in rows if isinstance(row, dict) for m in row["messages"])

@@ -12,7 +12,6 @@ Same arguments and seed, same weights and same tokenizer: tests can compare runs
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -56,7 +55,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-DEFAULT_CORPUS_SIZE = 600  # example conversations the default tokenizer trains on: ~1 s to generate
 
 
 @dataclass(frozen=True)
@@ -97,17 +95,6 @@ def texts_from_jsonl(path: str | Path) -> list[str]:
                 if isinstance(m, dict) and isinstance(m.get("content"), str):
                     texts.append(m["content"])
     return texts
-
-
-@functools.lru_cache(maxsize=1)
-def _example_texts() -> tuple[str, ...]:
-    """Message texts of clean text-to-SQL example conversations (generated, deterministic)."""
-    from tunesmith.examples.text2sql import DB_FILE, generate_conversations, generate_database
-
-    with tempfile.TemporaryDirectory() as tmp:
-        db = generate_database(Path(tmp) / DB_FILE)
-        rows = generate_conversations(db, n=DEFAULT_CORPUS_SIZE, flaw_rate=0.0)
-    return tuple(m["content"] for row in rows if isinstance(row, dict) for m in row["messages"])
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, max_length: int = 2048) -> Any:
@@ -232,7 +219,8 @@ def build_tiny_model(
     its tokenizer to `out_dir` (replaced as a whole); returns `out_dir`.
 
     The tokenizer: a copy of `tokenizer_from` (the model's vocabulary then follows it), else a BPE
-    trained on `texts` (default: the built-in text-to-SQL example) up to `vocab_size` tokens."""
+    trained on `texts` up to `vocab_size` tokens (`tunesmith.examples.text2sql.example_texts()` is
+    the built-in example's; models do not depend on examples, so the caller passes it)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -248,6 +236,11 @@ def build_tiny_model(
         max_position_embeddings=max_position_embeddings,
     )
     dims = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    if texts is None and tokenizer_from is None:
+        raise ValueError(
+            "build_tiny_model needs `texts` to train its tokenizer on (e.g. texts_from_jsonl(your data), or "
+            "tunesmith.examples.text2sql.example_texts()) or `tokenizer_from` (a tokenizer directory to copy)"
+        )
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -257,9 +250,7 @@ def build_tiny_model(
             dims = dataclasses.replace(dims, vocab_size=len(tokenizer))
             stop_ids = [tokenizer.eos_token_id]
         else:
-            tokenizer = train_tokenizer(
-                _example_texts() if texts is None else texts, dims.vocab_size, max_length=dims.max_position_embeddings
-            )
+            tokenizer = train_tokenizer(texts, dims.vocab_size, max_length=dims.max_position_embeddings)
             tokenizer.save_pretrained(tmp)
             # A small corpus may run out of merges below the requested size: the embedding keeps
             # the requested rows (as Qwen's keeps unused ones), never fewer than the tokenizer's.
