@@ -67,8 +67,11 @@ def check_command(
     """Report what is wrong with a file of examples, and where. Exit 1 if something blocks training."""
     from tunesmith.data.check import check_file
     from tunesmith.data.report import print_report, write_report_json
+    from tunesmith.runs import LENGTHS_PLOT_FILE, check_outputs
 
     with friendly_errors():
+        plot = report.parent / LENGTHS_PLOT_FILE if report else None
+        check_outputs({"input": input, "--tokenizer": tokenizer}, {"--report": report, "plot": plot})
         data_config = _data_config(config, max_seq_len)
         result = check_file(
             input,

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.schema import Conversation, DataError, Finding, Row, Severity, Source
-from tunesmith.runs import write_jsonl
+from tunesmith.runs import check_outputs, write_jsonl
 
 FORMATS = ("messages", "alpaca", "sharegpt", "prompt-completion")
 # What `--format` accepts: `csv` means "a CSV file whose columns map to alpaca or
@@ -649,6 +649,7 @@ def convert_file(input_path: str | Path, output_path: str | Path, fmt: str = "au
     the output is a file `data check` finds no format errors in."""
     from tunesmith.data.validate import read_rows  # validate imports this module, so not at the top
 
+    check_outputs({"input": input_path}, {"--output": output_path})
     fmt, rows = read_rows(input_path, fmt)
     written = write_jsonl(output_path, (row.conversation.to_json() for row in rows if row.conversation is not None))
     return ConvertResult(fmt, str(output_path), len(rows), written, [row for row in rows if row.conversation is None])
