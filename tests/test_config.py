@@ -101,3 +101,25 @@ def test_config_show_cli(tmp_path: Path):
     assert yaml.safe_load(result.output) == default_config().model_dump(mode="json")
     result = runner.invoke(app, ["config", "show", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "no such config file" in result.output
+
+
+@pytest.mark.parametrize("lr", ["-1e-3", "0"])
+def test_a_learning_rate_that_cannot_train_is_refused(lr: str):
+    # -1e-3 used to crash inside torch after the run directory was made; 0 trained steps that changed nothing.
+    with pytest.raises(ConfigError, match=r"train\.lr: Input should be greater than 0"):
+        load_config(overrides=[*NAMED, f"train.lr={lr}"])
+
+
+def test_effective_batch_smaller_than_micro_batch_is_refused():
+    with pytest.raises(ConfigError, match="effective_batch=4 is smaller than micro_batch=8"):
+        load_config(overrides=[*NAMED, "train.effective_batch=4", "train.micro_batch=8"])
+    assert load_config(overrides=[*NAMED, "train.effective_batch=8", "train.micro_batch=8"]).train.micro_batch == 8
+
+
+def test_a_config_path_that_is_a_directory_or_not_utf8_is_one_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="is a directory; give the config YAML file"):
+        load_config(tmp_path)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text .*save it as UTF-8"):
+        load_config(latin1)

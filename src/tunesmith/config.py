@@ -81,8 +81,8 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     method: Literal["full", "lora", "qlora"] = "lora"
     """`full`: every weight trains; `lora`: adapters on a frozen base; `qlora`: adapters on a 4-bit NF4 base."""
-    lr: float | None = None
-    """None: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning."""
+    lr: float | None = Field(None, gt=0)
+    """None: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning. Must be > 0 (0 trains steps that change nothing)."""
     epochs: float = Field(3.0, gt=0)
     """Passes over the training examples; fractions stop part-way through the last one."""
     effective_batch: int = Field(16, gt=0)
@@ -130,6 +130,16 @@ class TrainConfig(Section):
     def _yaml_no_means_fp32(cls, value: Any) -> Any:
         # YAML reads a bare `no` / `false` as the boolean False.
         return "fp32" if value is False else value
+
+    @model_validator(mode="after")
+    def _effective_batch_holds_a_micro_batch(self) -> TrainConfig:
+        # Accumulation rounds up to 1, so a smaller effective batch would silently train with micro_batch instead.
+        if self.effective_batch < self.micro_batch:
+            raise ValueError(
+                f"effective_batch={self.effective_batch} is smaller than micro_batch={self.micro_batch}; "
+                f"raise effective_batch or lower micro_batch to {self.effective_batch}"
+            )
+        return self
 
     @property
     def learning_rate(self) -> float:
@@ -287,6 +297,14 @@ def load_config(
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory; give the config YAML file") from None
+        except PermissionError:
+            raise ConfigError(f"{path}: permission denied") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at {e.start}); save it as UTF-8"
+            ) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,7 @@ EVAL_DIR = "eval"  # tuned.jsonl, base.jsonl, summary.json (see tunesmith.evalua
 EVAL_SUMMARY_FILE = "summary.json"
 COMPARE_DIR = "compare"
 REPORT_FILE = "report.html"
+LOCK_FILE = ".lock"  # held (flock) by the process writing the run directory; says who it is
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -161,3 +163,119 @@ def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
         elif a != b:
             changed.append(key)
     return sorted(changed)
+
+
+class RunError(Exception):
+    """An output or run-directory problem the user fixes by changing a path or waiting (exit 2)."""
+
+
+def _identity(path: Path) -> tuple[str, ...]:
+    """What makes two spellings the same file: the inode for an existing file (hard links, symlinks),
+    else the absolute path with symlinks and `..` resolved."""
+    try:
+        st = path.stat()
+        return ("inode", str(st.st_dev), str(st.st_ino))
+    except OSError:
+        return ("path", str(path.resolve()))
+
+
+def check_outputs(inputs: dict[str, str | Path | None], outputs: dict[str, str | Path | None]) -> None:
+    """Refuse before writing anything when an output is also an input, or two outputs are one file,
+    however the paths are spelled (relative, `..`, symlinks, hard links). Keys name the options in
+    the message (e.g. {"input": IN}, {"--output": X, "--rejects": Y}); None values are skipped.
+    Raises RunError naming every collision (writing would destroy the input or one output), or an
+    output that cannot be created (its folder is a file, or not writable), before anything is read."""
+    seen: dict[tuple[str, ...], tuple[str, Path]] = {}
+    for name, value in inputs.items():
+        if value is not None:
+            seen.setdefault(_identity(Path(value)), (name, Path(value)))
+    clashes = []
+    for name, value in outputs.items():
+        if value is None:
+            continue
+        key = _identity(Path(value))
+        if key in seen:
+            other, other_path = seen[key]
+            what = "would overwrite" if other in inputs else "is the same file as"
+            clashes.append(f"{name} {value} {what} {other} {other_path}")
+        else:
+            seen[key] = (name, Path(value))
+            _check_creatable(name, Path(value))
+    if clashes:
+        raise RunError("; ".join(clashes) + ": give each output its own path, different from every input")
+
+
+def _check_creatable(name: str, path: Path) -> None:
+    """Fail now, not after minutes of work, when `path` cannot be written."""
+    if path.is_dir():
+        raise RunError(f"{name} {path} is a directory; give a file path")
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunError(f"{name} {path}: {ancestor} is a file, not a directory; fix the path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunError(f"{name} {path}: cannot write into {ancestor} (permission denied); write somewhere else")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, stage: str = "train") -> Iterator[Path]:
+    """Hold an exclusive lock on a run directory while a stage writes into it.
+
+    Two processes writing one run would interleave metrics.jsonl and overwrite each other's
+    checkpoints. The lock is `flock` on `run_dir/.lock`, which the kernel releases when its holder
+    dies (kill -9 included), so a stale lock is taken over without asking; the file's text (pid,
+    host, stage, since) is only there to say who holds it. Raises RunError when another live
+    process does. Creates run_dir if needed."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise RunError(f"{run_dir}: cannot create the run directory's lock file: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run_dir} is in use: {_holder(fd)}; wait for it to finish, or use another name=") from None
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "stage": stage,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        try:
+            yield run_dir / LOCK_FILE
+        finally:
+            if (run_dir / LOCK_FILE).exists():
+                os.ftruncate(fd, 0)  # released: nobody holds it (the file itself stays, harmlessly)
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        info = {}
+    if not info:
+        return "another process holds its lock"
+    alive = "" if info.get("host") != socket.gethostname() or _pid_alive(int(info.get("pid", 0))) else " (not running?)"
+    return (
+        f"`{info.get('stage', '?')}` by pid {info.get('pid', '?')}{alive} on {info.get('host', '?')} "
+        f"since {info.get('since', '?')}"
+    )

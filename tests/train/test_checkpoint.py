@@ -48,6 +48,7 @@ def test_checkpoint_holds_exactly_the_expected_files_and_round_trips(tmp_path: P
         ckpt.SCHEDULER_FILE,
         ckpt.RNG_FILE.format(rank=0),
         ckpt.STATE_FILE,
+        ckpt.CHECKSUMS_FILE,
     ]
     assert sorted(p.name for p in path.iterdir()) == sorted([*expected, COMPLETE_MARKER])
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-3"]  # staging renamed away
@@ -145,3 +146,77 @@ def test_weights_for_another_model_are_refused(tmp_path: Path):
     weights = {f"renamed.{k}": v for k, v in ckpt.load_checkpoint(path).weights.items()}
     with pytest.raises(ValueError, match="do not fit this model"):
         ckpt.apply_weights(tiny_llama(), weights)
+
+
+def _three_checkpoints(tmp_path: Path):
+    model, optimizer, scheduler, state = trained_setup(tmp_path, step=0)
+    for step in (2, 4, 6):
+        state.step = step
+        ckpt.save_checkpoint(tmp_path, state, model=model, optimizer=optimizer, scheduler=scheduler)
+    return model, optimizer, scheduler, state
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "delete"])
+def test_a_damaged_newest_checkpoint_is_set_aside_for_the_newest_intact_one(tmp_path: Path, damage: str):
+    _three_checkpoints(tmp_path)
+    weights = ckpt.step_path(tmp_path, 6) / ckpt.WEIGHTS_FILE
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "overwrite":  # same size, other bytes: only the checksum can tell
+        data = bytearray(weights.read_bytes())
+        data[-8:] = b"\xff" * 8
+        weights.write_bytes(bytes(data))
+    else:
+        weights.unlink()
+    assert ckpt.verify(ckpt.step_path(tmp_path, 4)) is None
+    assert ckpt.verify(ckpt.step_path(tmp_path, 6)) is not None
+    path, notes = ckpt.latest_intact(tmp_path)
+    assert path == ckpt.step_path(tmp_path, 4)
+    assert len(notes) == 1 and "step-6 is damaged" in notes[0] and ckpt.WEIGHTS_FILE in notes[0]
+    assert ckpt.load_checkpoint(path).state.step == 4
+    # Set aside, not deleted, and out of the way of resume and rotation.
+    assert (tmp_path / "checkpoints" / "step-6.corrupt").is_dir()
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step-2", "step-4"]
+
+
+@pytest.mark.parametrize("how", ["ENOSPC", "torch-zip-writer"])
+def test_disk_full_during_a_save_names_the_last_complete_checkpoint(tmp_path: Path, monkeypatch, how: str):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    model, optimizer, scheduler, state = _three_checkpoints(tmp_path)
+
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"PK" * 100)  # part of the file made it, then the disk filled up
+        if how == "ENOSPC":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        # What torch.save(obj, "path") raises on a full disk: no errno, only its zip writer's complaint.
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(ckpt, "_torch_save", full_disk)
+    if how != "ENOSPC":
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
+    state.step = 8
+    with pytest.raises(ckpt.CheckpointWriteError) as info:
+        ckpt.save_checkpoint(tmp_path, state, model=model, optimizer=optimizer, scheduler=scheduler)
+    message = str(info.value)
+    assert "no space left on device" in message and "last complete checkpoint is step 6" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6"]
+    assert all(ckpt.verify(p) is None for p in ckpt.complete_checkpoints(tmp_path))
+
+
+def test_a_short_safetensors_write_is_caught(tmp_path: Path, monkeypatch):
+    """safetensors reports success writing to /dev/full; the size check catches what it did not write."""
+    model, optimizer, scheduler, state = trained_setup(tmp_path, step=1)
+    real = ckpt.save_file
+
+    def short_write(tensors, path):
+        real(tensors, path)
+        Path(path).write_bytes(Path(path).read_bytes()[:-4])
+
+    monkeypatch.setattr(ckpt, "save_file", short_write)
+    with pytest.raises(ckpt.CheckpointWriteError, match="bytes written of"):
+        ckpt.save_checkpoint(tmp_path, state, model=model, optimizer=optimizer, scheduler=scheduler)
+    assert ckpt.complete_checkpoints(tmp_path) == []

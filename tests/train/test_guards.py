@@ -99,3 +99,21 @@ def test_odd_sizes_round_the_effective_batch_up_and_other_errors_pass_through():
         fit_micro_batch(broken, 8, 1)
     with pytest.raises(torch.OutOfMemoryError):  # nothing left to halve
         fit_micro_batch(lambda s: (_ for _ in ()).throw(torch.OutOfMemoryError("out of memory")), 1, 4)
+
+
+def test_first_signal_asks_to_stop_and_a_second_acts_at_once():
+    import os
+    import signal
+
+    import pytest
+
+    from tunesmith.train.guards import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopRequest()
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested  # the loop finishes its step and saves; nothing is raised mid-step
+        with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C is Python's own: out at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

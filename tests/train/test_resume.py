@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.train.test_recipe import metrics, run_config, tiny_inputs
-from tunesmith.runs import COMPLETE_MARKER
+from tunesmith.runs import COMPLETE_MARKER, SUMMARY_FILE, RunError
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.recipe import train
 
@@ -38,7 +38,7 @@ from tests.train.test_recipe import run_config
 from tunesmith.train import checkpoint as ckpt, recipe
 
 mode = {mode!r}
-if mode == "slow":
+if mode in ("slow", "cli"):
     real_loss = recipe.trained_token_loss
     def slow_loss(*args, **kwargs):
         time.sleep(0.05)
@@ -52,13 +52,22 @@ else:
             os.kill(os.getpid(), signal.SIGKILL)
         return real_commit(staging)
     ckpt.commit = dying_commit
-recipe.train(run_config(Path({root!r}), {name!r}, *{settings!r}))
+config = run_config(Path({root!r}), {name!r}, *{settings!r})
+if mode == "cli":  # the real command, its signal handling and exit code
+    from tunesmith.cli.main import app
+    from tunesmith.config import dump_config
+    path = Path({root!r}) / ({name!r} + ".yaml")
+    path.write_text(dump_config(config))
+    app(["train", str(path)])
+else:
+    recipe.train(config)
 """
 
 
 def start_child(root: Path, name: str, mode: str) -> subprocess.Popen:
     code = CHILD.format(threads=torch.get_num_threads(), mode=mode, root=str(root), name=name, settings=SETTINGS)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # REPO for `tests`, REPO/src so the child runs this checkout's tunesmith (not an installed one).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
     return subprocess.Popen(
         [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -89,10 +98,10 @@ def test_kill_9_mid_run_then_resume_equals_the_uninterrupted_run(reference):
     root, ref_dir = reference
     config = run_config(root, "killed", *SETTINGS)
     child = start_child(root, "killed", "slow")
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # generous: a loaded machine starts torch slowly
     while ckpt.latest_complete(config.run_dir) is None:
         assert child.poll() is None, child.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint within 60 s"
+        assert time.time() < deadline, "no checkpoint within 180 s"
         time.sleep(0.05)
     assert child.poll() is None  # still training when killed
     child.send_signal(signal.SIGKILL)
@@ -122,3 +131,60 @@ def test_checkpoint_killed_mid_save_is_ignored_on_resume(reference):
     train(config)  # train.resume=auto: continues from step 3, never from the unmarked step 6
     assert not staging.exists()
     assert_same_run(config.run_dir, ref_dir)
+
+
+def wait_for_checkpoint(child: subprocess.Popen, run_dir: Path) -> None:
+    deadline = time.time() + 180  # generous: a loaded machine starts torch slowly
+    while ckpt.latest_complete(run_dir) is None:
+        assert child.poll() is None, child.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_exits_130_and_resume_equals_the_uninterrupted_run(reference):
+    import json
+
+    root, ref_dir = reference
+    config = run_config(root, "sigterm", *SETTINGS)
+    child = start_child(root, "sigterm", "cli")
+    wait_for_checkpoint(child, config.run_dir)
+    # A second run into the same directory, meanwhile, is refused and told who holds it.
+    with pytest.raises(RunError, match=rf"in use: `train` by pid {child.pid} on "):
+        train(config)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    err = err.decode()
+    assert child.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    step = ckpt.checkpoint_step(ckpt.latest_complete(config.run_dir))
+    assert 3 <= step < LAST_STEP
+    # The step in progress was finished and saved, not thrown away: a checkpoint exactly at the step reported.
+    assert f"interrupted at step {step};" in err and "`--resume` continues" in err
+    summary = json.loads((config.run_dir / SUMMARY_FILE).read_text())
+    assert summary["stop_reason"] == "interrupted" and summary["steps"] == step
+    assert len([m for m in metrics(config.run_dir) if "loss" in m]) == step  # nothing logged past the checkpoint
+
+    result = train(config, resume=True)
+    assert result.steps == LAST_STEP
+    assert_same_run(config.run_dir, ref_dir)
+
+
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, capsys):
+    import shutil
+
+    root, ref_dir = reference
+    config = run_config(root, "corrupt", *SETTINGS)
+    shutil.copytree(ref_dir, config.run_dir)
+    kept = [ckpt.checkpoint_step(p) for p in ckpt.complete_checkpoints(config.run_dir)]
+    newest = ckpt.step_path(config.run_dir, kept[-1])
+    weights = newest / ckpt.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+
+    result = train(config, resume=True)
+    out = capsys.readouterr().out
+    assert f"checkpoint step-{kept[-1]} is damaged" in out and f"step-{kept[-2]}" in out
+    assert (config.run_dir / "checkpoints" / f"step-{kept[-1]}.corrupt").is_dir()
+    assert result.steps == LAST_STEP
+    assert_same_run(config.run_dir, ref_dir)  # redone from the intact one: the same run, bit for bit

@@ -90,8 +90,11 @@ def check_command(
     the rows with an error are exactly the rows training drops."""
     from tunesmith.data.check import check_file
     from tunesmith.data.report import print_report, write_report_json
+    from tunesmith.runs import LENGTHS_PLOT_FILE, check_outputs
 
     with friendly_errors():
+        plot = report.parent / LENGTHS_PLOT_FILE if report else None
+        check_outputs({"input": input, "--tokenizer": tokenizer}, {"--report": report, "plot": plot})
         settings = _settings(config, overrides, input, max_seq_len)
         data_config = settings.data
         result = check_file(

@@ -1,6 +1,9 @@
 """The `tunesmith` command. Thin: each command parses its arguments, calls one library function,
 and prints. Exit codes: 0 success; 1 the input has problems that block training (or training
-stopped on a guard rail); 2 the input or config cannot be read at all."""
+stopped on a guard rail); 2 the input or config cannot be read at all, or an output cannot be
+written (a path collision, a run directory in use, a full disk, ...); 3 an unexpected error (a
+bug: the message gives the path of a log file holding the traceback); 130 interrupted (Ctrl-C,
+SIGTERM: `train` saves a checkpoint first, `--resume` continues)."""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ import logging
 import typer
 
 from tunesmith.cli import config, data, demo, models, train
+from tunesmith.cli.errors import TunesmithGroup
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
 # kernel from the hub, even for runs that never quantize. QLoRA works without it (measured ~13%
 # slower per step than bf16 LoRA), so the warning only adds noise to every command.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
+app = typer.Typer(cls=TunesmithGroup, no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="model")
 app.add_typer(config.app, name="config")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.errors import EXIT_BLOCKING, friendly_errors
+from tunesmith.cli.errors import EXIT_BLOCKING, EXIT_INTERRUPTED, friendly_errors
 from tunesmith.config import load_config
 
 
@@ -39,7 +39,7 @@ def train_command(
     """Fine-tune a model on a file of examples; leaves a run directory with curves, checkpoints and the best model."""
     if num_processes > 1 or launcher != "torchrun" or accelerate_config:
         _relaunch(config, overrides, resume, merge, num_processes, launcher, accelerate_config)
-    from tunesmith.train.recipe import TrainingStopped, train
+    from tunesmith.train.recipe import TrainingInterrupted, TrainingStopped, train
 
     try:
         with friendly_errors():
@@ -47,6 +47,9 @@ def train_command(
     except TrainingStopped as e:
         typer.echo(f"training stopped: {e}", err=True)
         raise typer.Exit(EXIT_BLOCKING) from None
+    except TrainingInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _relaunch(config, overrides, resume, merge, num_processes, launcher, accelerate_config) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from tunesmith.data.check import CheckSettings, check_rows
 from tunesmith.data.schema import Finding, Row
-from tunesmith.runs import write_jsonl
+from tunesmith.runs import check_outputs, write_jsonl
 
 _DUPLICATE_CODES = ("exact_duplicate", "near_duplicate")
 
@@ -82,6 +82,7 @@ def clean_file(
     `schema.DEFAULT_DROP` unless set) to `out` as messages JSONL, and the others to `rejects` as
     `{"line", "reasons": [{"code", "message", "field"?}], "row": <as read>}`. Both atomically.
     Without a tokenizer the template and truncation checks cannot run, so they cannot reject."""
+    check_outputs({"input": path}, {"--output": out, "--rejects": rejects})
     drop_codes = frozenset(drop if drop is not None else config.drop)
     checked = check_rows(path, config=config, tokenizer=tokenizer, fmt=fmt, progress=progress)
     clean, rejected, reasons = [], [], Counter()

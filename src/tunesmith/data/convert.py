@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tunesmith.data.schema import Row, Severity
 from tunesmith.data.validate import read_rows
-from tunesmith.runs import write_jsonl
+from tunesmith.runs import check_outputs, write_jsonl
 
 
 @dataclass
@@ -55,6 +55,7 @@ def convert_file(input_path: str | Path, output_path: str | Path, fmt: str = "au
     """Convert a data file to messages JSONL, written atomically. Rows with an ERROR finding, from
     the conversion or from the messages checks, are left out and returned with their reasons:
     the output is a file `data check` finds no format errors in."""
+    check_outputs({"input": input_path}, {"--output": output_path})
     fmt, rows = read_rows(input_path, fmt)
     written = write_jsonl(output_path, (row.conversation.to_json() for row in rows if row.conversation is not None))
     return ConvertResult(fmt, str(output_path), len(rows), written, [row for row in rows if row.conversation is None])

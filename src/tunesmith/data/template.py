@@ -153,18 +153,27 @@ def load_tokenizer(
     template it was trained with; `inspect_tokenizer` reports it as `no_chat_template`."""
     from transformers import AutoTokenizer
 
+    from tunesmith.models.load import ModelLoadError, locate
+
+    source, offline = locate(name_or_path)  # a hub id offline fails here, in a second, not after retries
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise OSError(
-            f"cannot load a tokenizer from {name_or_path!s}: {e}\n(a local directory needs tokenizer.json or "
-            "tokenizer.model; a hub id needs the network or a filled cache)"
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=offline)
+    except Exception as e:  # OSError, ValueError, KeyError...: transformers says "not a tokenizer" many ways
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"cannot load a tokenizer from {name_or_path!s}: {first} (a local directory needs tokenizer.json "
+            "or tokenizer.model with tokenizer_config.json; a hub id needs the network or a filled cache)"
         ) from e
     if chat_template is not None:
         tokenizer.chat_template = read_chat_template(chat_template)
     elif not tokenizer.chat_template:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    _Specials.of(tokenizer)  # fail now, not on the first row, for a tokenizer without offsets
+    try:
+        _Specials.of(tokenizer)  # fail now, not on the first row, for a tokenizer without offsets
+    except TypeError as e:
+        from tunesmith.models.load import ModelLoadError
+
+        raise ModelLoadError(f"tokenizer {name_or_path!s}: {e}") from None
     return tokenizer
 
 

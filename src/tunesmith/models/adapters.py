@@ -11,6 +11,7 @@ default): it trades ~30% more compute for activation memory, a choice for the me
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,10 @@ from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
 from tunesmith.config import Config, ConfigError, LoraConfig, TrainConfig
 from tunesmith.models.load import load_model
+
+# peft (0.21) reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model,
+# which prints a FutureWarning into every `tunesmith train`; nothing for the user to act on.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def check_method_available(method: str) -> None:

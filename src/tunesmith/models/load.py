@@ -87,7 +87,10 @@ def locate(name_or_path: str | Path) -> tuple[str, bool]:
         return text, False
     if isinstance(try_to_load_from_cache(text, "config.json"), str):
         return text, True
-    raise ModelLoadError(f"could not load {text}: not a local directory and the hub is unreachable")
+    raise ModelLoadError(
+        f"could not load {text}: no network and not in the local cache: give a local directory "
+        "(or run once with network access to fill the cache)"
+    )
 
 
 def _check_weights(directory: Path) -> None:

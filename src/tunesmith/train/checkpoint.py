@@ -13,6 +13,9 @@ Contents, and why each is there (resume must equal an uninterrupted run bit for 
   DeepSpeed ZeRO / FSDP), `scheduler.pt`: AdamW moments and the LR schedule position.
 - `rng.rank{R}.pt`: Python, NumPy, torch (and CUDA) generator states of each rank, as tensors.
 - `state.json`: step, data position, effective batch layout, guard state, metrics so far.
+- `checksums.json`: size and sha256 of every file above, written just before the marker. A
+  checkpoint a disk error, a full disk or a stray `cp` damaged after the fact fails `verify` and
+  resume falls back to the newest intact one (`latest_intact`), renaming the bad one aside.
 `export_final` turns the best one into the run's result: `final/`, loadable by transformers/peft.
 Everything `.pt` is loaded with `torch.load(weights_only=True)`: tensors and plain types only, so
 a checkpoint can never run code (no pickle).
@@ -20,12 +23,15 @@ a checkpoint can never run code (no pickle).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +50,14 @@ OPTIMIZER_RANK_FILE = "optimizer.rank{rank}.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.rank{rank}.pt"
 STATE_FILE = "state.json"
+CHECKSUMS_FILE = "checksums.json"
+CORRUPT_SUFFIX = ".corrupt"  # a checkpoint that failed verification is renamed step-N.corrupt
 MERGED_DIR = "merged"  # inside final/: adapter merged into the base, with --merge
 _STEP_DIR = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, ...); earlier checkpoints are intact."""
 
 
 @dataclass
@@ -146,8 +158,47 @@ def begin(run_dir: str | Path, step: int) -> Path:
     return staging
 
 
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_FREE_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
+
+
+@contextlib.contextmanager
+def _writing(staging: Path) -> Iterator[None]:
+    """Turn a failed checkpoint write into one sentence. A full disk shows up as ENOSPC from our own
+    writes, but as `RuntimeError: ... unexpected pos` when PyTorch's zip writer hits it and as a
+    SafetensorError from safetensors: so after any failure, the free space decides. The staging
+    directory is removed (it frees the space it took and is never loadable anyway)."""
+    try:
+        yield
+    except Exception as e:
+        try:
+            free = shutil.disk_usage(staging.parent).free
+        except OSError:
+            free = None
+        full = getattr(e, "errno", None) in _DISK_FULL_ERRNOS or (free is not None and free < _DISK_FULL_FREE_BYTES)
+        if not full and not isinstance(e, OSError):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        last = latest_complete(staging.parent.parent)
+        kept = (
+            f"last complete checkpoint is step {checkpoint_step(last)} ({last})"
+            if last
+            else "no complete checkpoint yet"
+        )
+        what = "no space left on device" if full else f"{e.strerror or e}"
+        raise CheckpointWriteError(
+            f"could not write checkpoint step {staging.name.removeprefix(STAGING_PREFIX)} in {staging.parent}: "
+            f"{what}; {kept}. Free some space (or point runs_dir elsewhere), then run again with --resume"
+        ) from e
+
+
 def write_rank_files(staging: Path, rank: int, *, optimizer_state: dict[str, Any] | None = None) -> None:
     """What each rank owns: its RNG streams, and its optimizer shard when the optimizer is sharded."""
+    with _writing(staging):
+        _write_rank_files(staging, rank, optimizer_state)
+
+
+def _write_rank_files(staging: Path, rank: int, optimizer_state: dict[str, Any] | None) -> None:
     _torch_save(rng_state(), staging / RNG_FILE.format(rank=rank))
     if optimizer_state is not None:
         _torch_save(optimizer_state, staging / OPTIMIZER_RANK_FILE.format(rank=rank))
@@ -162,9 +213,21 @@ def write_main_files(
     scheduler_state: dict[str, Any],
 ) -> None:
     """What the main process writes: weights, unsharded optimizer, scheduler, state."""
+    with _writing(staging):
+        _write_main_files(staging, state, weights, optimizer_state, scheduler_state)
+
+
+def _write_main_files(
+    staging: Path,
+    state: TrainState,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    scheduler_state: dict[str, Any],
+) -> None:
     # contiguous + clone: safetensors refuses views and shared storage (tied embeddings).
     save_file({k: v.detach().contiguous().cpu().clone() for k, v in weights.items()}, staging / WEIGHTS_FILE)
     _fsync_path(staging / WEIGHTS_FILE)
+    _check_safetensors(staging / WEIGHTS_FILE)
     if optimizer_state is not None:
         _torch_save(optimizer_state, staging / OPTIMIZER_FILE)
     _torch_save(scheduler_state, staging / SCHEDULER_FILE)
@@ -174,13 +237,87 @@ def write_main_files(
         os.fsync(f.fileno())
 
 
-def commit(staging: Path) -> Path:
-    """Write the marker last, then rename staging to `step-N` (main process, after every rank wrote)."""
-    with open(staging / COMPLETE_MARKER, "w", encoding="utf-8") as f:
-        f.write("complete\n")
+def _check_safetensors(path: Path) -> None:
+    """Raise unless the file is as long as its header says: safetensors can report success on a
+    write the disk did not take (it does on /dev/full)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n)) if 0 < n < 100_000_000 else None
+    if header is None:
+        raise OSError(errno.EIO, "unreadable safetensors header", str(path))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if path.stat().st_size != 8 + n + end:
+        raise OSError(errno.EIO, f"{path.stat().st_size} bytes written of {8 + n + end}", str(path))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_checksums(staging: Path) -> None:
+    # ~0.5 s per GB (sha256 on one core): a 110M-parameter full fine-tune's checkpoint is ~1.3 GB.
+    sums = {
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(staging.iterdir())
+        if p.is_file() and p.name not in (COMPLETE_MARKER, CHECKSUMS_FILE)
+    }
+    with open(staging / CHECKSUMS_FILE, "w", encoding="utf-8") as f:
+        json.dump(sums, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_path(staging)
+
+
+def verify(path: str | Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (None: intact). Checkpoints written before
+    checksums existed are judged by their files being present and readable."""
+    path = Path(path)
+    listed = path / CHECKSUMS_FILE
+    if not listed.is_file():
+        missing = [n for n in (STATE_FILE, WEIGHTS_FILE) if not (path / n).is_file()]
+        return f"missing {', '.join(missing)}" if missing else None
+    try:
+        sums = json.loads(listed.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{CHECKSUMS_FILE} is unreadable"
+    for name, want in sums.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != want["bytes"]:
+            return f"{name} is {file.stat().st_size} bytes, {want['bytes']} were written (truncated or overwritten)"
+        if _sha256(file) != want["sha256"]:
+            return f"{name} does not match its checksum (overwritten or corrupted on disk)"
+    return None
+
+
+def latest_intact(run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint whose files verify, and a note per newer one that did not
+    (each renamed to `step-N.corrupt`, kept for inspection, out of the way of rotation and resume)."""
+    notes = []
+    for path in reversed(complete_checkpoints(run_dir)):
+        problem = verify(path)
+        if problem is None:
+            return path, notes
+        aside = path.with_name(path.name + CORRUPT_SUFFIX)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+        notes.append(f"checkpoint {path.name} is damaged ({problem}); moved aside to {aside.name}")
+    return None, notes
+
+
+def commit(staging: Path) -> Path:
+    """Write checksums, then the marker last, then rename staging to `step-N` (main process, after every rank wrote)."""
+    with _writing(staging):
+        _write_checksums(staging)
+        with open(staging / COMPLETE_MARKER, "w", encoding="utf-8") as f:
+            f.write("complete\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_path(staging)
     target = staging.parent / f"{CHECKPOINT_PREFIX}{staging.name.removeprefix(STAGING_PREFIX)}"
     if target.exists():  # only an incomplete leftover can be here: complete steps are never redone
         shutil.rmtree(target)

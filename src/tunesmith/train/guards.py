@@ -4,14 +4,20 @@
   (validation loss rising for `patience` evaluations in a row while training loss falls)?
 - `non_finite`: is this step's loss or gradient norm NaN/inf? Nothing is skipped silently: the
   recipe stops (or retries from the last good checkpoint) and `TrainingStopped` says why.
+- `StopRequest`: SIGINT/SIGTERM ask the loop to stop after the step in progress, which is then
+  checkpointed (`TrainingInterrupted`); a second signal exits at once.
 - `fit_micro_batch`: out of memory before step 1 halves the micro-batch and doubles accumulation,
   so the effective batch (and the training it describes) stays the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ import torch
 OVERFITTING = "overfitting"
 COMPLETED = "completed"
 NON_FINITE = "non-finite"
+INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -99,6 +106,53 @@ class TrainingStopped(Exception):
         where = f"last good checkpoint kept intact: {last_good}" if last_good else "no checkpoint was written before it"
         tips = "".join(f"\n  - {a}" for a in advice)
         super().__init__(f"{cause} became NaN/inf at step {step}; {where}. To fix:{tips}")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a step, which was checkpointed. The CLI exits 130."""
+
+    def __init__(self, *, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        saved = f"checkpoint {checkpoint} saved" if checkpoint else "no checkpoint could be saved"
+        super().__init__(f"interrupted at step {step}; {saved}; `--resume` continues")
+
+
+class StopRequest:
+    """The first SIGINT (Ctrl-C) or SIGTERM sets `requested`: the loop finishes its step, saves a
+    checkpoint and stops. The handlers then go back to what they were, so a second signal acts at
+    once (Ctrl-C raises KeyboardInterrupt, SIGTERM kills): a stuck save can always be cut short,
+    and the checkpoint protocol makes that safe."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self._restore()
+        name = signal.Signals(signum).name
+        print(
+            f"\n{name}: finishing this step, then saving a checkpoint (again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            self._restore()
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -50,6 +51,7 @@ from tunesmith.runs import (
     TENSORBOARD_DIR,
     build_manifest,
     changed_keys,
+    run_lock,
     write_json,
     write_jsonl,
     write_text,
@@ -59,9 +61,12 @@ from tunesmith.train.batching import Padding, collate, plan_batches
 from tunesmith.train.checkpoint import TrainState
 from tunesmith.train.guards import (
     COMPLETED,
+    INTERRUPTED,
     NON_FINITE,
     OVERFITTING,
     GuardState,
+    StopRequest,
+    TrainingInterrupted,
     TrainingStopped,
     fit_micro_batch,
     nan_advice,
@@ -71,7 +76,7 @@ from tunesmith.train.guards import (
 from tunesmith.train.loss import trained_token_loss
 from tunesmith.train.plots import plot_loss
 
-__all__ = ["TrainResult", "TrainingStopped", "train"]
+__all__ = ["TrainResult", "TrainingInterrupted", "TrainingStopped", "train"]
 
 MAX_NAN_RETRIES = 3  # each retry halves the LR; three halvings (1/8) and still NaN is not an LR problem
 
@@ -166,8 +171,25 @@ def train(config: Config, *, resume: bool | None = None, merge: bool = False) ->
 
     `resume` None follows `train.resume` (auto: continue from the newest complete checkpoint).
     `merge` also writes a merged full model into final/merged (LoRA/QLoRA).
-    Raises TrainingStopped (CLI exit 1) when a guard rail stops training.
+    Raises TrainingStopped (CLI exit 1) when a guard rail stops training, TrainingInterrupted (CLI
+    exit 130) after SIGINT/SIGTERM, once the step in progress is done and checkpointed. The run
+    directory is locked (runs.run_lock) for the whole call; a run that fails before its first
+    checkpoint removes the run directory it created, so no half-started run is left to resume.
     """
+    main = int(os.environ.get("RANK", "0")) == 0
+    created = not config.run_dir.exists()
+    try:
+        with run_lock(config.run_dir) if main else contextlib.nullcontext():
+            return _train(config, resume, merge)
+    except (TrainingStopped, TrainingInterrupted):
+        raise
+    except BaseException:
+        if main and created and ckpt.latest_complete(config.run_dir) is None:
+            shutil.rmtree(config.run_dir, ignore_errors=True)
+        raise
+
+
+def _train(config: Config, resume: bool | None, merge: bool) -> TrainResult:
     _bound_onednn_cache()
     session, resume_from = _setup(config, config.train.resume == "auto" if resume is None else resume)
     lr_scale: float | None = None  # set by `on_nan: retry`
@@ -201,7 +223,10 @@ def train(config: Config, *, resume: bool | None = None, merge: bool = False) ->
             lr = config.train.learning_rate * run.state.lr_scale
             advice = nan_advice(lr=lr, dtype=dtype, grad_clip=config.train.grad_clip)
             raise TrainingStopped(step=nf.step, cause=nf.cause, advice=advice, last_good=last_good) from None
-    return _finish(session, run, reason, merge)
+    result = _finish(session, run, reason, merge)
+    if reason == INTERRUPTED:
+        raise TrainingInterrupted(step=result.steps, checkpoint=ckpt.latest_complete(config.run_dir))
+    return result
 
 
 # ============================================================================ setup
@@ -232,7 +257,8 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
             "use torchrun or `accelerate launch` with a matching --num_processes"
         )
     console = Console(quiet=not accelerator.is_main_process, highlight=False)
-    resume_from = _resume_point(config.run_dir, resume)
+    resume_from = _resume_point(config.run_dir, resume, console) if accelerator.is_main_process else None
+    resume_from = _broadcast_path(accelerator, resume_from)
     tokenizer = load_tokenizer(
         config.model.name_or_path,
         chat_template=config.model.chat_template,
@@ -251,6 +277,17 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
     return session, resume_from
 
 
+def _broadcast_path(accelerator: Accelerator, path: Path | None) -> Path | None:
+    """The main process's choice, on every rank (it alone verifies and sets damaged checkpoints aside)."""
+    if accelerator.num_processes == 1:
+        return path
+    from accelerate.utils import broadcast_object_list
+
+    box = [str(path) if path else None]
+    broadcast_object_list(box, from_process=0)
+    return Path(box[0]) if box[0] else None
+
+
 def _mixed_precision(config: Config) -> str:
     """`bf16` or `fp32`, `auto` resolved. _LossModel applies it, to training and validation alike.
     Under `accelerate launch`, the launcher config's mixed_precision (DeepSpeed's and FSDP's own
@@ -262,14 +299,21 @@ def _mixed_precision(config: Config) -> str:
     return config.train.mixed_precision
 
 
-def _resume_point(run_dir: Path, resume: bool) -> Path | None:
+def _resume_point(run_dir: Path, resume: bool, console: Console) -> Path | None:
     latest = ckpt.latest_complete(run_dir)
     if latest is not None and not resume:
         raise ConfigError(
             f"{run_dir} already holds checkpoints ({latest.name}); continue it with --resume "
             "(train.resume=auto) or start a separate run with another name (name=...)"
         )
-    return latest if resume else None
+    if not resume or latest is None:
+        return None
+    intact, damaged = ckpt.latest_intact(run_dir)  # checksums: a damaged newest one falls back
+    for note in damaged:
+        console.print(f"[yellow]{note}[/]")
+    if damaged:
+        console.print(f"[yellow]resuming from the newest intact checkpoint: {intact or 'none, starting over'}[/]")
+    return intact
 
 
 def _write_run_files(config: Config, resume_from: Path | None, rows: int, precision: str, console: Console) -> None:
@@ -441,7 +485,7 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
             f"{config.train.learning_rate * run.state.lr_scale:g}, cosine, warmup {config.train.warmup_ratio:.0%}",
         ),
         ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / max(total, 1):.2%})"),
-        ("precision", f"{_dtype_name(run.model)} weights, {session.precision} compute"),
+        ("precision", f"{_weights_name(run.model, config.train.method)} weights, {session.precision} compute"),
         ("planned memory", f"~{memory:.2f} GB (rough: weights, AdamW, activations)"),
         *[("note", n) for n in session.notes],
     ]:
@@ -451,6 +495,15 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
 
 def _dtype_name(model: torch.nn.Module) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def _weights_name(model: torch.nn.Module, method: str) -> str:
+    """The base weights' storage: QLoRA's are NF4 (4-bit) whatever dtype the first parameter reports."""
+    if method == "qlora":
+        trainable = next((p.dtype for p in model.parameters() if p.requires_grad), None)
+        adapters = f", {str(trainable).removeprefix('torch.')} adapters" if trainable is not None else ""
+        return f"NF4 (4-bit) base{adapters}"
+    return _dtype_name(model)
 
 
 def _memory_gb(model: torch.nn.Module, micro_batch: int, max_len: int) -> float:
@@ -500,7 +553,8 @@ def _fit(session: _Session, run: _Attempt) -> str:
         return OVERFITTING  # the checkpoint resumed from had already stopped
     plan = lru_cache(maxsize=2)(lambda epoch: _plan(session, layout.micro_batch, epoch))
     run.loss_model.train()
-    with _progress(session.console, layout.total_steps, state.step) as (progress, task):
+    stop = StopRequest()
+    with _progress(session.console, layout.total_steps, state.step) as (progress, task), stop.installed():
         while state.step < layout.total_steps:
             batches = plan(state.epoch)
             window = [
@@ -538,7 +592,8 @@ def _fit(session: _Session, run: _Attempt) -> str:
             )
             progress.update(task, advance=1, loss=f"{loss:.4f}", lr=f"{lr:.2e}", speed=f"{speed:,.0f}")
 
-            if state.step % layout.eval_interval == 0 or state.step == layout.total_steps:
+            evaluate = state.step % layout.eval_interval == 0 or state.step == layout.total_steps
+            if evaluate:
                 # ============================================================ validate
                 val_loss = _evaluate(
                     run.loss_model, session.accelerator, session.val_set, session.padding, layout.micro_batch
@@ -566,7 +621,19 @@ def _fit(session: _Session, run: _Attempt) -> str:
                         f"row while training loss fell; stopping at step {state.step}[/]"
                     )
                     return OVERFITTING
+            if _agreed(session.accelerator, stop.requested) and state.step < layout.total_steps:
+                if not evaluate:  # an evaluation step has just saved
+                    _save(session, run)
+                return INTERRUPTED
     return COMPLETED
+
+
+def _agreed(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every rank when any rank's flag is: all ranks must stop at the same step (their
+    forwards are collectives). One tiny all-reduce per step, and only with several processes."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item())
 
 
 def _batch(examples: list[Any], padding: Padding, accelerator: Accelerator) -> dict[str, torch.Tensor]:
@@ -689,7 +756,9 @@ def _finish(session: _Session, run: _Attempt, reason: str, merge: bool) -> Train
     run_dir = config.run_dir
     guard = GuardState.from_json(state.guard) if state.guard else GuardState()
     best = ckpt.step_path(run_dir, guard.best_step) if guard.best_step else None
-    final = run_dir / FINAL_DIR if best is not None and ckpt.is_complete(best) else None
+    # Interrupted: exit soon; the resumed run exports final/ when it ends.
+    exported = reason != INTERRUPTED and best is not None and ckpt.is_complete(best)
+    final = run_dir / FINAL_DIR if exported else None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final is not None:
@@ -700,6 +769,7 @@ def _finish(session: _Session, run: _Attempt, reason: str, merge: bool) -> Train
             COMPLETED: "completed all planned steps",
             OVERFITTING: "early stop: overfitting (validation loss rising while training loss falls)",
             NON_FINITE: "stopped: loss or gradient became NaN/inf (the error says at which step and what to try)",
+            INTERRUPTED: f"interrupted at step {state.step} (SIGINT/SIGTERM), checkpoint saved; --resume continues",
         }[reason]
         summary = {
             "best_step": guard.best_step,
