@@ -178,7 +178,8 @@ def _judge_agreement(
                 human.append(result)
                 machine.append(verdict)
     if not human:
-        notes.append("the judge gave pairwise verdicts, but on none of the items people voted on")
+        if labels:
+            notes.append("the judge gave pairwise verdicts, but on none of the items people voted on")
         return None
     return {
         "votes": len(human),
@@ -214,4 +215,6 @@ def format_results(r: Unblinded) -> list[str]:
         kappa = "n/a" if j["kappa"] is None else f"{j['kappa']:.2f}"
         out.append(f"agreement with the LLM judge: {j['agreement']:.0%} of {j['votes']} votes, kappa {kappa}")
     out += [f"note: {n}" for n in r.notes]
+    if not r.reviewers:
+        out.append("no votes yet: vote with `tunesmith review RUN_DIR`, or fill in sheet.xlsx and pass it to --import")
     return out
