@@ -8,7 +8,7 @@ import logging
 
 import typer
 
-from tunesmith.cli import compare, data, demo, models, train
+from tunesmith.cli import compare, data, demo, models, report, runs, train
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
 # kernel from the hub, even for runs that never quantize. QLoRA works without it (measured ~13%
@@ -23,6 +23,8 @@ app.command("demo")(demo.demo_command)
 app.command("compare")(compare.compare_command)
 app.command("review")(compare.review_command)
 app.command("unblind")(compare.unblind_command)
+app.command("report")(report.report_command)
+app.add_typer(runs.app, name="runs")
 
 if __name__ == "__main__":
     app()
