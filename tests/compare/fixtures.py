@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 
 from tunesmith.runs import (
@@ -183,3 +187,30 @@ def make_run(
         encoding="utf-8",
     )
     return run_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(run_dir):
+    """The real uvicorn server on a free port, in a thread; yields the port."""
+    import uvicorn
+
+    from tunesmith.compare.review import review_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(review_app(run_dir), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)

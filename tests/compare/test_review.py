@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import threading
-import time
 
 import pytest
 
-from tests.compare.fixtures import make_run
+from tests.compare.fixtures import make_run, running_server
 from tunesmith.compare import build_sheet, unblind
 from tunesmith.compare.review import review_app
 from tunesmith.compare.sheet import read_key
@@ -73,31 +71,6 @@ def test_page_has_a_csp_that_admits_only_its_own_script(client):
     csp = r.headers["content-security-policy"]
     assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
     assert "default-src 'none'" in csp and "<script src" not in r.text and "http" not in r.text.split("<script>")[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(run_dir):
-    """The real uvicorn server on a free port, in a thread; yields the port."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(review_app(run_dir), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
 
 
 def _raw_get(port: int, target: str) -> tuple[int, bytes]:
