@@ -70,6 +70,7 @@ def make_run(
     full: bool = True,
     lr: float = 2e-4,
     sha: str = "a" * 64,
+    leaked: int = 0,
 ) -> Path:
     """A run directory with eval outputs (and with `full`, every earlier stage's files too)."""
     ev = run_dir / EVAL_DIR
@@ -162,15 +163,32 @@ def make_run(
     (split / SPLIT_REPORT_FILE).write_text(
         json.dumps(
             {
-                "counts": {"train": 320, "val": 40, "test": 40},
-                "groups": 350,
-                "threshold": 0.9,
-                "leaks": 0,
-                "stratify_by": "metadata.category",
+                "input": "conversations.jsonl",
+                "rows_read": 400,
+                "counts": {"train": 320, "val": 40, "test": 40, "rejects": 0},
+                "groups": {"count": 350, "with_several_rows": 30, "rows_in_shared_groups": 80, "largest": 5},
+                "strata": {c: {"train": 100, "val": 13, "test": 13} for c in CATEGORIES},
+                "leakage": {
+                    "threshold": 0.9,
+                    "val": {"rows": 40, "above_threshold": leaked, "max": 0.85, "median": 0.5, "histogram": {}},
+                    "test": {"rows": 40, "above_threshold": 0, "max": 0.8, "median": 0.5, "histogram": {}},
+                },
+                "rows_to_read": [
+                    {
+                        "val_id": "v1",
+                        "val": "How many singers?",
+                        "train_id": "t1",
+                        "train": "Count singers",
+                        "similarity": 0.71,
+                    }
+                ],
+                "nearest": [],
+                "plot": None,
             }
         ),
         encoding="utf-8",
     )
+    _png(split / "split_similarity.png", "similarity")
     (run_dir / PLAN_FILE).write_text(
         json.dumps(
             {

@@ -136,5 +136,5 @@ def test_report_in_the_browser(browser, tmp_path, artefacts):
     for sid in ("data", "split", "plan", "training", "evaluation", "regression", "judge", "blind", "config"):
         assert page.locator(f"section#{sid} h2").is_visible(), sid
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-    assert len(widths) == 3 and all(w > 100 for w in widths), widths
+    assert len(widths) == 4 and all(w > 100 for w in widths), widths
     assert all(u.startswith(("file:", "data:")) for u in requests), requests

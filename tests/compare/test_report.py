@@ -45,8 +45,8 @@ def test_report_has_every_section_and_only_embedded_images(tmp_path):
     ids = [a.get("id") for t, a in tags if t == "section"]
     assert ids == [sid for sid, _ in SECTIONS]
     images = [a for t, a in tags if t == "img"]
-    # data histogram, loss curves, eval bars (no blind review yet: no win-rate chart)
-    assert len(images) == 3
+    # data histogram, split similarity, loss curves, eval bars (no blind review yet: no win-rate chart)
+    assert len(images) == 4
     for img in images:
         assert img["src"].startswith("data:image/png;base64,")
         assert base64.b64decode(img["src"].split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -89,6 +89,8 @@ def test_outputs_are_escaped(tmp_path):
 def test_guard_rails_from_each_stage(tmp_path):
     run = make_run(tmp_path / "run")
     assert guard_rails(collect(run)) == ["eval: 3 base outputs hit max_new_tokens"]
+    leaky = make_run(tmp_path / "leaky", leaked=4)
+    assert "split: 4 held-out rows leak from train" in guard_rails(collect(leaky))[0]
     ev = json.loads((run / EVAL_DIR / EVAL_SUMMARY_FILE).read_text())
     ev["regression"]["flagged"] = True
     ev["models"]["tuned"]["unstopped"] = 2

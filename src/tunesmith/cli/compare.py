@@ -46,6 +46,13 @@ def review_command(
         review_app(run_dir)  # fail here, with a message, when there is no sheet
     typer.echo(f"blind review of {run_dir}: open http://{HOST}:{port}/  (Ctrl-C to stop; votes are saved as cast)")
     serve_review(run_dir, port=port)
+    from tunesmith.compare.sheet import read_sheet
+    from tunesmith.compare.votes import all_votes
+
+    items = {r["item"] for r in read_sheet(run_dir)}
+    for name, votes in all_votes(run_dir).items():
+        typer.echo(f"{name}: {len(items & set(votes))} / {len(items)} voted")
+    typer.echo(f"see who won: tunesmith unblind {run_dir}")
 
 
 def unblind_command(

@@ -108,15 +108,11 @@ def eval_metrics(info: dict[str, Any]) -> list[tuple[str, float | None, float | 
     return rows
 
 
-def _leaks(split: dict[str, Any]) -> int:
-    # The split stage's report names its leak count; any integer field about leaks that is > 0 counts.
-    total = 0
-    for k, v in split.items():
-        if "leak" in k.lower() and isinstance(v, int) and not isinstance(v, bool):
-            total += v
-        elif "leak" in k.lower() and isinstance(v, dict):
-            total += sum(x for kk, x in v.items() if "count" in kk and isinstance(x, int))
-    return total
+def leaks(split: dict[str, Any]) -> int:
+    """Held-out rows whose nearest train row is a near duplicate: `leakage.{val,test}.above_threshold`
+    in the split stage's report (0 when tunesmith made the split)."""
+    leakage = split.get("leakage") or {}
+    return sum(int((leakage.get(name) or {}).get("above_threshold") or 0) for name in ("val", "test"))
 
 
 def guard_rails(info: dict[str, Any]) -> list[str]:
@@ -126,8 +122,8 @@ def guard_rails(info: dict[str, Any]) -> list[str]:
     if data and data.get("blocking"):
         fired.append(f"data check: blocking findings ({data.get('verdict', '')})")
     split = info.get("split")
-    if split and _leaks(split) > 0:
-        fired.append(f"split: {_leaks(split)} held-out rows leak from train (near duplicates across the split)")
+    if split and leaks(split) > 0:
+        fired.append(f"split: {leaks(split)} held-out rows leak from train (near duplicates across the split)")
     plan = info.get("plan")
     if plan:
         if plan.get("fits") is False:

@@ -154,9 +154,48 @@ def _split(info: dict[str, Any], run: Path) -> str:
     split = info.get("split")
     if not split:
         return _absent("split report", "run `tunesmith data split`")
-    pictures = sorted((run / DATA_DIR / SPLIT_DIR).glob("*.png"))
-    out = _table(split, skip=("rows_to_read", "nearest", "neighbours", "examples"))
-    return out + "".join(_file_img(p, f"split: {p.stem}") for p in pictures)
+    out = ""
+    if isinstance(split.get("counts"), dict):
+        out += "<p>Rows per split:</p>" + _table(split["counts"])
+    if isinstance(split.get("groups"), dict):
+        out += "<p>Groups of near duplicates and paraphrases (each lies wholly in one split):</p>" + _table(
+            split["groups"]
+        )
+    leakage = split.get("leakage") or {}
+    per = [(n, leakage[n]) for n in ("val", "test") if isinstance(leakage.get(n), dict)]
+    if per:
+        body = "".join(
+            f"<tr><td>{n}</td><td class='num'>{_fmt(d.get('rows'))}</td><td class='num'>{_fmt(d.get('above_threshold'))}</td>"
+            f"<td class='num'>{_fmt(d.get('median'))}</td><td class='num'>{_fmt(d.get('max'))}</td></tr>"
+            for n, d in per
+        )
+        out += (
+            f"<p>Leakage check: nearest train row of every held-out row (threshold {_fmt(leakage.get('threshold'))}).</p>"
+            "<table><tr><th>split</th><th>rows</th><th>leaked</th><th>median similarity</th><th>max</th></tr>"
+            f"{body}</table>"
+        )
+    strata = split.get("strata")
+    if isinstance(strata, dict) and strata:
+        cols = sorted({c for v in strata.values() if isinstance(v, dict) for c in v})
+        body = "".join(
+            f"<tr><td>{escape(str(k))}</td>"
+            + "".join(f"<td class='num'>{_fmt(v.get(c, 0))}</td>" for c in cols)
+            + "</tr>"
+            for k, v in strata.items()
+            if isinstance(v, dict)
+        )
+        head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+        out += f"<p>Strata:</p><table><tr><th>stratum</th>{head}</tr>{body}</table>"
+    out += "".join(_file_img(p, f"split: {p.stem}") for p in sorted((run / DATA_DIR / SPLIT_DIR).glob("*.png")))
+    rows = [r for r in split.get("rows_to_read") or [] if isinstance(r, dict)][:5]
+    if rows:
+        body = "".join(
+            f"<tr><td>{escape(str(r.get('val', '')))}</td><td>{escape(str(r.get('train', '')))}</td><td class='num'>{_fmt(r.get('similarity'))}</td></tr>"
+            for r in rows
+        )
+        out += f"<p>Rows to read (validation row, its nearest train row):</p><table><tr><th>validation</th><th>nearest train</th><th>similarity</th></tr>{body}</table>"
+    known = {"counts", "groups", "leakage", "strata", "rows_to_read", "nearest", "settings", "plot"}
+    return out + _table({k: v for k, v in split.items() if k not in known})
 
 
 def _plan(info: dict[str, Any]) -> str:
