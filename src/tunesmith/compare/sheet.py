@@ -75,7 +75,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def eval_rows(run_dir: Path, which: str) -> list[dict[str, Any]]:
     path = Path(run_dir) / EVAL_DIR / EVAL_FILES[which]
     if not path.is_file():
-        raise CompareError(f"{path}: no evaluation outputs; run `tunesmith eval {run_dir}` first")
+        hint = " (with --base), or compare against another run: --against RUN_DIR" if which == "base" else " first"
+        raise CompareError(f"{path}: no evaluation outputs; run `tunesmith eval {run_dir}`{hint}")
     return read_jsonl(path)
 
 
