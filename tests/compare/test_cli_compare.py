@@ -36,3 +36,9 @@ def test_compare_then_unblind_an_imported_sheet(tmp_path):
 def test_compare_without_eval_outputs_exits_2(tmp_path):
     r = runner.invoke(app, ["compare", str(tmp_path)])
     assert r.exit_code == 2 and "tunesmith eval" in r.output
+
+
+def test_review_without_a_sheet_exits_2_before_serving(tmp_path):
+    make_run(tmp_path / "run", n=3)
+    r = runner.invoke(app, ["review", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "tunesmith compare" in r.output

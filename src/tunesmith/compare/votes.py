@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunesmith.compare.sheet import COLUMNS, CompareError, read_key, read_sheet
+from tunesmith.compare.sheet import COLUMNS, FORMULA_START, CompareError, read_key, read_sheet
 from tunesmith.runs import COMPARE_DIR, VOTES_DIR, write_json
 
 CHOICES = ("A", "B", "tie", "skip")
@@ -147,7 +147,10 @@ def import_sheet(run_dir: str | Path, path: str | Path, reviewer: str | None = N
 
 
 def _norm(text: str) -> str:
-    # Spreadsheets turn "\n" into "\r\n" and drop trailing whitespace; the long-output cut marker too.
+    # Spreadsheets turn "\n" into "\r\n" and drop trailing whitespace; the long-output cut marker
+    # too; the CSV export's apostrophe before a would-be formula comes off.
+    if text.startswith("'") and text[1:].startswith(FORMULA_START):
+        text = text[1:]
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     return text.removesuffix("[... cut]").strip()[:32_000]
 
