@@ -180,6 +180,20 @@ class EvalConfig(Section):
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
 
 
+class CompareConfig(Section):
+    """The blind side-by-side review (`tunesmith compare / review / unblind`)."""
+
+    n: int = Field(50, gt=0)
+    """Prompts on the blind sheet, sampled from the evaluation outputs (fewer when fewer exist)."""
+    seed: int = 0
+    """Seed of the sample and of each row's A/B order."""
+    stratify_by: str = "auto"
+    """Metadata key whose values get their own win rate; `auto`: the first of stratum, category,
+    difficulty, topic that the rows have."""
+    port: int = Field(8765, gt=0, lt=65536)
+    """Port of the review page, always on 127.0.0.1."""
+
+
 class Config(Section):
     name: str = "text2sql-demo"
     runs_dir: str = "runs"
@@ -188,6 +202,7 @@ class Config(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from tunesmith.cli.errors import friendly_errors
+from tunesmith.config import CompareConfig
+
+_DEFAULTS = CompareConfig()  # the config is the one source of defaults
 
 
 def compare_command(
@@ -15,11 +18,13 @@ def compare_command(
     against: Annotated[
         str, typer.Option("--against", help="`base` (this run's base-model outputs) or another run directory.")
     ] = "base",
-    n: Annotated[int, typer.Option("-n", min=1, help="Prompts on the sheet (sampled from the test outputs).")] = 50,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the sample and the A/B order.")] = 0,
+    n: Annotated[
+        int, typer.Option("-n", min=1, help="Prompts on the sheet (sampled from the test outputs).")
+    ] = _DEFAULTS.n,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the sample and the A/B order.")] = _DEFAULTS.seed,
     stratify_by: Annotated[
         str, typer.Option("--stratify-by", help="Metadata key for per-stratum results; `auto` tries category etc.")
-    ] = "auto",
+    ] = _DEFAULTS.stratify_by,
     force: Annotated[bool, typer.Option("--force", help="Replace a sheet that has votes (moved aside).")] = False,
 ) -> None:
     """Build a blind side-by-side sheet (A/B order random per row; the key kept in a separate file)."""
@@ -37,7 +42,7 @@ def compare_command(
 
 def review_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding a blind sheet (tunesmith compare).")],
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8765,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = _DEFAULTS.port,
 ) -> None:
     """Serve the blind-review page on http://127.0.0.1:PORT (one prompt at a time, keys a/b/t/s)."""
     from tunesmith.compare.review import HOST, review_app, serve_review

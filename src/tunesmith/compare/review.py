@@ -25,9 +25,10 @@ from pydantic import BaseModel, Field
 
 from tunesmith.compare.sheet import read_sheet
 from tunesmith.compare.votes import VoteError, cast_vote, check_reviewer, load_votes
+from tunesmith.config import CompareConfig
 
 HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
+DEFAULT_PORT = CompareConfig().port
 PAGE = "review.html"
 
 

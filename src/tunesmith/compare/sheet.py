@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith.config import CompareConfig
 from tunesmith.data.schema import DataError
 from tunesmith.runs import (
     COMPARE_DIR,
@@ -38,6 +39,7 @@ COLUMNS = ["Item", "Input", "Output A", "Output B", "Preference", "Note"]
 STRATUM_KEYS = ("stratum", "category", "difficulty", "topic")
 """Metadata keys tried, in order, when the stratum key is `auto`."""
 EVAL_FILES = {"tuned": "tuned.jsonl", "base": "base.jsonl"}
+_DEFAULTS = CompareConfig()
 
 
 class CompareError(DataError):
@@ -107,9 +109,9 @@ def build_sheet(
     run_dir: str | Path,
     *,
     against: str | Path = "base",
-    n: int = 50,
-    seed: int = 0,
-    stratify_by: str | None = "auto",
+    n: int = _DEFAULTS.n,
+    seed: int = _DEFAULTS.seed,
+    stratify_by: str | None = _DEFAULTS.stratify_by,
     force: bool = False,
 ) -> Sheet:
     """Sample `n` test examples both sides answered and write the blind sheet into RUN_DIR/compare/.
