@@ -176,7 +176,8 @@ def _split(info: dict[str, Any], run: Path) -> str:
         )
     strata = split.get("strata")
     if isinstance(strata, dict) and strata:
-        cols = sorted({c for v in strata.values() if isinstance(v, dict) for c in v})
+        seen = {c for v in strata.values() if isinstance(v, dict) for c in v}
+        cols = [c for c in ("train", "val", "test") if c in seen] + sorted(seen - {"train", "val", "test"})
         body = "".join(
             f"<tr><td>{escape(str(k))}</td>"
             + "".join(f"<td class='num'>{_fmt(v.get(c, 0))}</td>" for c in cols)
