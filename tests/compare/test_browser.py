@@ -97,6 +97,10 @@ def test_vote_with_the_keyboard_reload_resume_and_unblind(browser, tmp_path, art
         assert page.inner_text("#itemno").startswith(f"Item {order[4]}")
         page.keyboard.press("ArrowLeft")  # back to item 004 (skipped): the page shows the vote cast
         assert "your vote: skip" in page.inner_text("#status")
+        page.keyboard.press("n")  # a note added after the vote is saved when the field loses focus
+        page.keyboard.type("unsure")
+        page.keyboard.press("Escape")
+        expect(page.locator("#status")).to_have_text("your vote: skip (note saved)")
         page.keyboard.press("ArrowRight")
         page.keyboard.press("a")
         expect(page.locator("#progress")).to_have_text("5 / 6 voted")
@@ -118,6 +122,7 @@ def test_vote_with_the_keyboard_reload_resume_and_unblind(browser, tmp_path, art
     assert r.reviewers == ["Ann"]
     votes = json.loads((run / "compare" / "votes" / "ann.json").read_text())
     assert votes["votes"][order[0]]["note"] == "a clear answer"
+    assert votes["votes"][order[3]] | {"at": None} == {"choice": "skip", "note": "unsure", "at": None}
 
 
 def test_report_in_the_browser(browser, tmp_path, artefacts):
