@@ -42,3 +42,17 @@ def test_review_without_a_sheet_exits_2_before_serving(tmp_path):
     make_run(tmp_path / "run", n=3)
     r = runner.invoke(app, ["review", str(tmp_path / "run")])
     assert r.exit_code == 2 and "tunesmith compare" in r.output
+
+
+def test_unblind_exits_1_when_people_prefer_the_other_model(tmp_path):
+    from tunesmith.compare import cast_vote
+
+    run = make_run(tmp_path / "run", n=6)
+    assert runner.invoke(app, ["compare", str(run)]).exit_code == 0
+    key = read_key(run)
+    for item, k in key["items"].items():  # the other side, every time: 0 of 6, CI 0%-39%
+        cast_vote(
+            run, "gus", item, "B" if k["A"] == "tuned" else "A", items=set(key["items"]), sheet_id=key["sheet_id"]
+        )
+    r = runner.invoke(app, ["unblind", str(run)])
+    assert r.exit_code == 1 and "base is preferred" in r.output

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.errors import friendly_errors
+from tunesmith.cli.errors import EXIT_BLOCKING, friendly_errors
 from tunesmith.config import CompareConfig
 
 _DEFAULTS = CompareConfig()  # the config is the one source of defaults
@@ -70,7 +70,8 @@ def unblind_command(
         str | None, typer.Option("--reviewer", help="Reviewer name for a single --import (default: file name).")
     ] = None,
 ) -> None:
-    """Reveal the key: tuned win rate with a 95% Wilson interval, ties, strata, agreement."""
+    """Reveal the key: tuned win rate with a 95% Wilson interval, ties, strata, agreement.
+    Exit 1 when the whole interval lies below 50% (people prefer the other model)."""
     from tunesmith.compare import import_sheet, unblind
     from tunesmith.compare.unblind import format_results
 
@@ -80,3 +81,9 @@ def unblind_command(
             typer.echo(f"imported {count} votes of {name} from {path}")
         result = unblind(run_dir)
     typer.echo("\n".join(format_results(result)))
+    ci = result.overall.ci95
+    if ci and ci[1] < 0.5:  # a gate for pipelines: people significantly prefer the other model
+        typer.echo(
+            f"blind review: {result.against} is preferred (tuned win rate below 50% at 95% confidence)", err=True
+        )
+        raise typer.Exit(EXIT_BLOCKING)
