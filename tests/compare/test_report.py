@@ -143,3 +143,18 @@ def test_key_metrics_include_blind_review(tmp_path):
     m = key_metrics(collect(run))
     assert m["blind.win_rate"] == 1.0 and m["blind.votes"] == 4
     assert "tuned preferred in 100% of decisive votes" in render_report(run)
+
+
+def test_a_nan_halted_run_still_gets_its_report(tmp_path):
+    from tunesmith.runs import METRICS_FILE
+
+    run = make_run(tmp_path / "run")
+    with open(run / METRICS_FILE, "a") as f:
+        f.write(json.dumps({"step": 21, "loss": "nan"}) + "\n" + '{"step": 22, "lo')  # and a line cut by the crash
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    summary.update(stop_reason="non_finite", why="stopped: loss or gradient became NaN/inf")
+    (run / SUMMARY_FILE).write_text(json.dumps(summary))
+    html = render_report(run)
+    assert "train: stopped: loss or gradient became NaN/inf" in html.split('<section id="data">')[0]
+    training = html.split('<section id="training">')[1].split("</section>")[0]
+    assert "data:image/png;base64," in training

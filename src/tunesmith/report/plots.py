@@ -29,6 +29,10 @@ def loss_png(metrics: Sequence[Mapping[str, Any]], best_step: int | None) -> byt
 
     from tunesmith.train.plots import plot_loss
 
+    # A NaN-halted run writes its non-finite losses as strings ("nan"): not points on a curve.
+    metrics = [
+        {k: v for k, v in m.items() if k not in ("loss", "val_loss") or isinstance(v, (int, float))} for m in metrics
+    ]
     with tempfile.TemporaryDirectory() as tmp:  # one drawing of the curves: train's own
         return plot_loss(metrics, Path(tmp) / "loss.png", best_step=best_step).read_bytes()
 
