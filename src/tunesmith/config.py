@@ -216,6 +216,20 @@ class EvalConfig(Section):
     """General prompts that catch catastrophic forgetting."""
 
 
+class CompareConfig(Section):
+    """The blind side-by-side review (`tunesmith compare / review / unblind`)."""
+
+    n: int = Field(50, gt=0)
+    """Prompts on the blind sheet, sampled from the evaluation outputs (fewer when fewer exist)."""
+    seed: int = 0
+    """Seed of the sample and of each row's A/B order."""
+    stratify_by: str = "auto"
+    """Metadata key whose values get their own win rate; `auto`: the first of stratum, category,
+    difficulty, topic that the rows have."""
+    port: int = Field(8765, gt=0, lt=65536)
+    """Port of the review page, always on 127.0.0.1."""
+
+
 class Config(Section):
     name: str = "run"
     """The run's name: everything it writes goes to `runs_dir/name/`."""
@@ -231,6 +245,8 @@ class Config(Section):
     """The training loop."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation after training."""
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    """The blind side-by-side review of base and tuned outputs."""
 
     @model_validator(mode="after")
     def _names_model_and_data(self, info: ValidationInfo) -> Config:

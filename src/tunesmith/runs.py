@@ -41,6 +41,14 @@ PLAN_FILE = "plan.json"
 EVAL_DIR = "eval"  # tuned.jsonl, base.jsonl, summary.json (see tunesmith.evaluate)
 EVAL_SUMMARY_FILE = "summary.json"
 COMPARE_DIR = "compare"
+# In COMPARE_DIR (see tunesmith.compare): the blind sheet, its key apart from it, one votes file per reviewer.
+SHEET_FILE = "sheet.jsonl"
+SHEET_CSV_FILE = "sheet.csv"
+SHEET_XLSX_FILE = "sheet.xlsx"
+KEY_FILE = "key.json"  # which side is which; never served by `tunesmith review`
+VOTES_DIR = "votes"
+UNBLIND_FILE = "results.json"
+DATA_REPORT_FILE = "report.json"  # in DATA_DIR, written by `data check` in the demo/pipeline
 REPORT_FILE = "report.html"
 LOCK_FILE = ".lock"  # held (flock) by the process writing the run directory; says who it is
 

@@ -11,7 +11,7 @@ import logging
 
 import typer
 
-from tunesmith.cli import config, data, demo, models, train
+from tunesmith.cli import compare, config, data, demo, models, report, runs, train
 from tunesmith.cli.errors import TunesmithGroup
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
@@ -25,6 +25,11 @@ app.add_typer(models.app, name="model")
 app.add_typer(config.app, name="config")
 app.command("train")(train.train_command)
 app.command("demo")(demo.demo_command)
+app.command("compare")(compare.compare_command)
+app.command("review")(compare.review_command)
+app.command("unblind")(compare.unblind_command)
+app.command("report")(report.report_command)
+app.add_typer(runs.app, name="runs")
 
 if __name__ == "__main__":
     app()
