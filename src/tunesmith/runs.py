@@ -33,6 +33,7 @@ SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
 SPLIT_REPORT_FILE = "split_report.json"
 SPLIT_REJECTS_FILE = "rejects.jsonl"  # in the split directory: rows `--dedup` (or unreadable input) left out
 SPLIT_PLOT_FILE = "split_similarity.png"  # in the split directory: nearest-train-row similarity histogram
+LEAKAGE_REPORT_FILE = "leakage_report.json"  # in the split directory: `train` with a user's data.val_path
 SPLIT_EMBED_CACHE = "embeddings-{tag}.npz"  # in the split directory: vectors by content hash, per embedder
 PLAN_FILE = "plan.json"
 EVAL_DIR = "eval"  # tuned.jsonl, base.jsonl, summary.json (see tunesmith.evaluate)

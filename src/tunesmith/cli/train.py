@@ -39,6 +39,7 @@ def train_command(
     """Fine-tune a model on a file of examples; leaves a run directory with curves, checkpoints and the best model."""
     if num_processes > 1 or launcher != "torchrun" or accelerate_config:
         _relaunch(config, overrides, resume, merge, num_processes, launcher, accelerate_config)
+    from tunesmith.split import LeakageError
     from tunesmith.train.recipe import TrainingStopped, train
 
     try:
@@ -46,6 +47,9 @@ def train_command(
             train(load_config(config, overrides or []), resume=resume, merge=merge)
     except TrainingStopped as e:
         typer.echo(f"training stopped: {e}", err=True)
+        raise typer.Exit(EXIT_BLOCKING) from None
+    except LeakageError as e:  # a guard rail, like TrainingStopped: exit 1
+        typer.echo(f"training not started: {e}", err=True)
         raise typer.Exit(EXIT_BLOCKING) from None
 
 

@@ -4,8 +4,9 @@ validation / test (stratified), and report leakage.
 `split_file` is the entry point (`tunesmith data split`); `check_leakage` checks a validation file
 the user brings (`tunesmith data leakage`, and `train` with `data.val_path`).
 
-1. Group: exact copies, MinHash near duplicates (data/dedup.py, word 3-grams) and pairs whose
-   sentence embeddings reach `split.similarity`; groups are the connected components.
+1. Group: exact copies, MinHash near duplicates (data/dedup.py, word 3-grams of the user turns)
+   and pairs whose sentence embeddings reach `split.similarity`; groups are the connected
+   components.
 2. Split by group, stratum by stratum, in a seeded order: each group lies wholly in one split.
 3. Leakage report: every val/test row's nearest train row (exact search) and the count at or
    above the threshold, a histogram picture, and 15 validation rows beside their nearest train
@@ -99,7 +100,9 @@ def group_labels(
         j = first.setdefault(exact_key(c.messages, memo), i)
         if j != i:
             pairs.append(np.array([[j, i]]))
-    for group in near_duplicate_groups([near_dup_text(c.messages) for c in conversations], near_dup_threshold):
+    # MinHash on the same text as the embedder (the user turns by default): one question asked
+    # twice is a leak whatever the two answers say.
+    for group in near_duplicate_groups(_texts(conversations, config.embed), near_dup_threshold):
         pairs.append(np.stack([np.full(len(group) - 1, group[0]), group[1:]], axis=1))
     if embeddings is not None:
         pairs.append(similar_pairs(embeddings, config.similarity))
@@ -217,6 +220,12 @@ def assign(label: np.ndarray, stratum: Sequence[str], val: float, test: float, s
 # ============================================================================ the stage
 
 
+def _leak_rule(threshold: float, max_similarity: float | None) -> str:
+    if max_similarity is None:  # no embedder: exact copies and MinHash near duplicates only
+        return "are a copy or MinHash near duplicate of a train row"
+    return f"have a train row at cosine >= {threshold:g} or are a near copy of one (max cosine {max_similarity:.3f})"
+
+
 @dataclass
 class SplitResult:
     rows_read: int
@@ -235,8 +244,7 @@ class SplitResult:
     def headline(self) -> str:
         leak = self.report["leakage"]
         parts = [
-            f"{leak[s]['above_threshold']} of {leak[s]['rows']} {s} rows have a train row at cosine >= "
-            f"{leak['threshold']:g}" + (f" (max {leak[s]['max']:.3f})" if leak[s]["max"] is not None else "")
+            f"{leak[s]['above_threshold']} of {leak[s]['rows']} {s} rows {_leak_rule(leak['threshold'], leak[s]['max'])}"
             for s in ("val", "test")
             if leak[s]["rows"]
         ]
@@ -480,10 +488,8 @@ class LeakageResult:
         return self.leaked / self.val_rows if self.val_rows else 0.0
 
     def headline(self) -> str:
-        return (
-            f"leakage: {self.leaked} of {self.val_rows} validation rows ({self.fraction:.1%}) have a train row "
-            f"at cosine >= {self.threshold:g} or are near copies of one"
-        )
+        rule = _leak_rule(self.threshold, self.summary.get("max"))
+        return f"leakage: {self.leaked} of {self.val_rows} validation rows ({self.fraction:.1%}) {rule}"
 
     def to_json(self) -> dict[str, Any]:
         return {
