@@ -37,7 +37,7 @@ from tunesmith.runs import (
     write_json,
     write_jsonl,
 )
-from tunesmith.split.embed import NO_EMBEDDER, cache_path, embed, nearest, similar_pairs
+from tunesmith.split.embedding import NO_EMBEDDER, cache_path, embed, nearest, similar_pairs
 
 SPLITS = ("train", "val", "test")
 ROWS_TO_READ = 15  # the guide: "read 15 random rows"

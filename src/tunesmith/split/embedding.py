@@ -140,7 +140,8 @@ def _faiss_pairs(emb: np.ndarray, threshold: float) -> np.ndarray:
     import faiss
 
     n, dim = emb.shape
-    nlist = int(4 * np.sqrt(n))  # faiss's rule of thumb: 4-16 x sqrt(n) cells
+    # faiss's rule of thumb: 4-16 x sqrt(n) cells, and >= 39 training points per cell.
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(0)
@@ -153,7 +154,7 @@ def _faiss_pairs(emb: np.ndarray, threshold: float) -> np.ndarray:
     found = []
     for lo in range(0, n, 8192):
         lims, _, ids = index.range_search(np.ascontiguousarray(emb[lo : lo + 8192]), threshold)
-        rows = np.repeat(np.arange(lo, lo + len(lims) - 1), np.diff(lims))
+        rows = np.repeat(np.arange(lo, lo + len(lims) - 1), np.diff(lims).astype(np.int64))
         found.append(np.stack([rows, ids], axis=1))
     pairs = np.concatenate(found).astype(np.int64)
     pairs = np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1)
