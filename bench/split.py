@@ -95,11 +95,17 @@ def main() -> None:
     config = SplitConfig(stratify_by=args.stratify_by)
     table = labelled_figures(config.similarity, [0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9] if args.thresholds else [])
     at = next(r for r in table if r.threshold == config.similarity)
-    recall = f"labelled set at {config.similarity:g}: pair precision {at.precision:.3f}, recall {at.recall:.3f}"
+    recall = (
+        f"labelled set at {config.similarity:g}: pairs P {at.precision:.3f} R {at.recall:.3f}, "
+        f"groups P {at.group_precision:.3f} R {at.group_recall:.3f}"
+    )
     if args.thresholds:
-        print("threshold  precision  recall  true-links  false-links")
+        print("threshold  pair precision  pair recall  group precision  group recall  true/false pair links")
         for r in table:
-            print(f"{r.threshold:9.2f}  {r.precision:9.3f}  {r.recall:6.3f}  {r.true_links:10d}  {r.false_links:11d}")
+            print(
+                f"{r.threshold:9.2f}  {r.precision:14.3f}  {r.recall:11.3f}  {r.group_precision:15.3f}  "
+                f"{r.group_recall:12.3f}  {r.true_links}/{r.false_links}"
+            )
     for n in args.rows or [10_000]:
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "in.jsonl"

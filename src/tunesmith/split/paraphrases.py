@@ -176,6 +176,8 @@ class ThresholdRow:
     recall: float
     true_links: int
     false_links: int
+    group_precision: float  # the same, for "in one connected component" (what the split uses)
+    group_recall: float
 
 
 def labelled_pairs() -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -191,9 +193,17 @@ def measure(embeddings: np.ndarray, thresholds: Sequence[float]) -> list[Thresho
     `embeddings` are the texts of `labelled_pairs()` in order, L2-normalised."""
     _, pairs, positive = labelled_pairs()
     cosine = np.einsum("ij,ij->i", embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
-    rows = []
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows, n, n_pos = [], len(embeddings), max(1, int(positive.sum()))
     for t in thresholds:
         linked = cosine >= t
         tp, fp = int((linked & positive).sum()), int((linked & ~positive).sum())
-        rows.append(ThresholdRow(t, tp / max(1, tp + fp), tp / max(1, int(positive.sum())), tp, fp))
+        edges = pairs[linked]
+        graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+        component = connected_components(graph, directed=False)[1]
+        together = component[pairs[:, 0]] == component[pairs[:, 1]]
+        gtp, gfp = int((together & positive).sum()), int((together & ~positive).sum())
+        rows.append(ThresholdRow(t, tp / max(1, tp + fp), tp / n_pos, tp, fp, gtp / max(1, gtp + gfp), gtp / n_pos))
     return rows
