@@ -217,3 +217,26 @@ def test_split_command_writes_the_files_and_prints_the_accounting(tmp_path: Path
         app, ["data", "split", str(src), "--out", str(tmp_path / "p"), "--val", "0.6", "--test", "0.5"]
     )
     assert bad.exit_code == 2 and "nothing would be left to train on" in bad.output
+
+
+def test_auto_strata_are_topic_clusters_and_each_appears_in_every_split() -> None:
+    from tunesmith.data.schema import Conversation, Source
+    from tunesmith.split import strata
+
+    rng = np.random.default_rng(0)
+    topics = rng.normal(size=(3, 32))
+    sizes = [600, 300, 100]
+    truth = np.repeat(np.arange(3), sizes)
+    emb = topics[truth] + 0.3 * rng.normal(size=(len(truth), 32))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    convs = [Conversation([{"role": "user", "content": str(i)}], Source("x", i + 1)) for i in range(len(truth))]
+    label = np.arange(len(truth))  # every row its own group
+    names = strata(convs, label, SplitConfig(stratify_by="auto"), emb)
+    # k = round(sqrt(1000 / 20)) = 7 clusters: each lies within one true topic.
+    assert len(set(names)) == 7
+    for name in set(names):
+        assert len({truth[i] for i, n in enumerate(names) if n == name}) == 1
+    split = assign(label, names, 0.1, 0.1, seed=0)
+    for t, n in enumerate(sizes):
+        for k in (1, 2):
+            assert (split[truth == t] == k).sum() == pytest.approx(0.1 * n, abs=len(set(names)))
