@@ -30,6 +30,20 @@ PARAPHRASES = [
 ]
 
 
+UNRELATED = [
+    "What is the boiling point of water at high altitude?",
+    "Recommend a novel for a long train journey.",
+    "How do I fix a flat bicycle tyre?",
+    "Explain photosynthesis to a ten-year-old.",
+    "Write a haiku about autumn leaves.",
+    "What are the rules of chess castling?",
+    "Suggest a vegetarian dinner for six guests.",
+    "Why is the sky blue?",
+    "How long should I boil an egg for a runny yolk?",
+    "Give me tips for a job interview in finance.",
+]
+
+
 @pytest.fixture(scope="module")
 def model():
     return embed_mod.load_embedder(embed_mod.DEFAULT_EMBEDDER)
@@ -101,3 +115,20 @@ def test_exact_and_approximate_neighbours_agree() -> None:
     assert approx_set <= exact_set and len(approx_set) >= 0.95 * len(exact_set)
     brute = {(i, j) for i, j in combinations(range(len(points)), 2) if points[i] @ points[j] >= 0.9}
     assert exact_set == brute and len(brute) >= 600
+
+
+@pytest.mark.slow
+def test_a_validation_file_of_rewordings_is_caught_by_the_real_model(tmp_path: Path, model) -> None:
+    from tunesmith.split import check_leakage
+
+    # Unrelated requests (the generated filler of the other tests is one template: one topic to a model).
+    train = write_rows(
+        tmp_path / "train.jsonl", [row(i, q) for i, q in enumerate(UNRELATED[:6] + [g[0] for g in PARAPHRASES])]
+    )
+    val_rows = [row(100 + i, q) for i, q in enumerate(UNRELATED[6:])] + [
+        row(200 + i, g[1]) for i, g in enumerate(PARAPHRASES)
+    ]
+    result = check_leakage(train, write_rows(tmp_path / "val.jsonl", val_rows), SplitConfig())
+    assert result.leaked == len(PARAPHRASES)
+    assert {e["id"] for e in result.nearest if e["leak"]} == {f"r{200 + i:04d}" for i in range(len(PARAPHRASES))}
+    assert all(e["similarity"] >= 0.75 for e in result.nearest if e["leak"])
