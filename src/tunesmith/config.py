@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.data.schema import CODES, DEFAULT_DROP
 
@@ -219,6 +219,12 @@ class SplitConfig(Section):
     of rows the validation loss is measured largely on what was trained on."""
     allow_leakage: bool = False
     """Train anyway when the leakage check above fails (the warning is still printed)."""
+
+    @model_validator(mode="after")
+    def _something_left_to_train_on(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test = {self.val + self.test:g}: nothing would be left to train on")
+        return self
 
 
 class Config(Section):
