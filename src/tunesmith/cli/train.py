@@ -39,6 +39,7 @@ def train_command(
     """Fine-tune a model on a file of examples; leaves a run directory with curves, checkpoints and the best model."""
     if num_processes > 1 or launcher != "torchrun" or accelerate_config:
         _relaunch(config, overrides, resume, merge, num_processes, launcher, accelerate_config)
+    from tunesmith.split import LeakageError
     from tunesmith.train.recipe import TrainingInterrupted, TrainingStopped, train
 
     try:
@@ -50,6 +51,9 @@ def train_command(
     except TrainingInterrupted as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except LeakageError as e:  # a guard rail, like TrainingStopped: exit 1
+        typer.echo(f"training not started: {e}", err=True)
+        raise typer.Exit(EXIT_BLOCKING) from None
 
 
 def _relaunch(config, overrides, resume, merge, num_processes, launcher, accelerate_config) -> None:
