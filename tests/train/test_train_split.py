@@ -18,7 +18,13 @@ from tunesmith.train import recipe
 
 def config_for(tmp_path: Path, data: Path, *overrides: str):
     return load_config(
-        overrides=[f"runs_dir={tmp_path / 'runs'}", "name=t", "model.name_or_path=unused", f"data.path={data}", *overrides]
+        overrides=[
+            f"runs_dir={tmp_path / 'runs'}",
+            "name=t",
+            "model.name_or_path=unused",
+            f"data.path={data}",
+            *overrides,
+        ]
     )
 
 
