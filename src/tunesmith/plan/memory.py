@@ -53,8 +53,8 @@ PLAIN_HEAD = frozenset(
 # keeps some slack; on CPU, glibc's arenas and oneDNN's kernel cache (bench/memory.py).
 GPU_FIXED_OVERHEAD = 1 * GIB
 GPU_OVERHEAD_SHARE = 0.08
-CPU_FIXED_OVERHEAD = 0.15 * GB
-CPU_OVERHEAD_SHARE = 0.10
+CPU_FIXED_OVERHEAD = 0.07 * GB
+CPU_OVERHEAD_SHARE = 0.05
 
 
 @dataclass(frozen=True)
