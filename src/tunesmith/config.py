@@ -8,7 +8,7 @@ path: `train.lr=1e-4 lora.r=32`. The resolved config is saved into the run direc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -31,6 +31,11 @@ class ModelConfig(Section):
     """A Jinja chat template (or a path to one) that replaces the tokenizer's own."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """`auto`: bfloat16 where the hardware has it, else float32."""
+    license_acknowledged: bool = False
+    """`tunesmith train` refuses a model whose licence is restricted (Llama, Gemma, non-commercial,
+    research-only, ...) or unknown until this is true: set it once you have read the licence and
+    your use is allowed. Permissive licences (Apache-2.0, MIT, BSD) need nothing. `tunesmith plan`
+    shows the licence and where it was read."""
 
 
 class DataConfig(Section):
@@ -92,8 +97,9 @@ class TrainConfig(Section):
     """Passes over the training examples; fractions stop part-way through the last one."""
     effective_batch: int = Field(16, gt=0)
     """Examples per optimizer step, reached with gradient accumulation."""
-    micro_batch: int = Field(8, gt=0)
-    """Examples per forward pass; halved automatically on out-of-memory at start."""
+    micro_batch: Annotated[int, Field(gt=0)] | Literal["auto"] = 8
+    """Examples per forward pass; halved automatically on out-of-memory at start. `auto`: the
+    largest the memory plan fits on this device (GPU memory, or the RAM available), at most 64."""
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`bf16`: compute matmuls in bfloat16 under autocast, weights and optimizer state staying in
     their own dtype. `fp32`: no autocast. `auto`: bf16 where the device computes it natively (CUDA
@@ -106,7 +112,8 @@ class TrainConfig(Section):
     Llama from 2.32 to 3.02 GB (bench/train.py); the price was padding going from 1.6% to 7.2%
     of its batch positions. GPU tensor cores also want multiples of 8. 1: no rounding."""
     max_tokens_per_batch: int | None = None
-    """Alternative to micro_batch for packing: cap on tokens per forward pass."""
+    """Alternative to micro_batch for packing: cap on tokens per forward pass. Lowered to what the
+    memory plan fits on this device (the run's plan.json records the value used)."""
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     """Fraction of all steps over which the LR rises linearly from 0; a cosine decay follows."""
     weight_decay: float = Field(0.0, ge=0)

@@ -15,6 +15,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from tunesmith.models.llama2c import Llama2cFormatError, convert_llama2c, permute_for_rotate_half, read_checkpoint
 
 EXPECTED_FILES = {
+    "README.md",  # the MIT licence of llama2.c's checkpoints
     "config.json",
     "generation_config.json",
     "model.safetensors",

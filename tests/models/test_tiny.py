@@ -44,6 +44,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_builds_a_normal_model_directory_that_auto_classes_load(tiny_dir: Path) -> None:
     assert sorted(p.name for p in tiny_dir.iterdir()) == [
+        "README.md",  # the model card: an Apache-2.0 licence `tunesmith train` finds
         "chat_template.jinja",
         "config.json",
         "generation_config.json",

@@ -297,6 +297,10 @@ def convert_llama2c(
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # llama2.c and its checkpoints are MIT-licensed; `tunesmith train` needs to find a licence.
+        (tmp / "README.md").write_text(
+            "---\nlicense: mit\n---\n# Converted from a llama2.c checkpoint (MIT) by tunesmith\n", encoding="utf-8"
+        )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

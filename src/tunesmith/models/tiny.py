@@ -55,6 +55,14 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+TINY_MODEL_CARD = """---
+license: apache-2.0
+library_name: transformers
+---
+# A tiny {arch} ({preset} preset) built by `tunesmith model tiny`
+
+Random weights and a locally trained tokenizer, for tests and the demo. Apache-2.0, like tunesmith.
+"""
 
 
 @dataclass(frozen=True)
@@ -269,6 +277,8 @@ def build_tiny_model(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
         )
         model.save_pretrained(tmp)  # safetensors
+        # A model card with a licence: `tunesmith train` refuses models whose licence it cannot find.
+        (tmp / "README.md").write_text(TINY_MODEL_CARD.format(arch=arch, preset=preset), encoding="utf-8")
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

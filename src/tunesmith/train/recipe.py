@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import TensorBoardTracker
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -152,6 +152,7 @@ class _Session:
     precision: str  # "bf16" or "fp32": train.mixed_precision resolved
     notes: list[str]
     started: float
+    batching: Any = None  # plan.training.Batching: the starting micro-batch and the tokens-per-batch cap
 
 
 @dataclass
@@ -246,6 +247,9 @@ def _bound_onednn_cache() -> None:
 def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
     """Accelerator, run files, tokenizer, encoded train/val examples."""
     from tunesmith.data.template import load_tokenizer
+    from tunesmith.plan.training import check_license
+
+    check_license(config)  # before anything loads or is written: a refused licence leaves no run directory
 
     # TensorBoard joins in _start_trackers (it needs the resume step); wandb/mlflow by name.
     remote = [name for name in config.train.report_to if name != "tensorboard"]
@@ -277,6 +281,8 @@ def _setup(config: Config, resume: bool) -> tuple[_Session, Path | None]:
     session = _Session(
         config, accelerator, console, tokenizer, train_set, val_set, padding, precision, notes, time.time()
     )
+    session.batching = _batching(session)
+    session.notes.extend(session.batching.notes)
     return session, resume_from
 
 
@@ -289,6 +295,22 @@ def _broadcast_path(accelerator: Accelerator, path: Path | None) -> Path | None:
     box = [str(path) if path else None]
     broadcast_object_list(box, from_process=0)
     return Path(box[0]) if box[0] else None
+
+
+def _batching(session: _Session) -> Any:
+    """The plan's choice of the starting micro-batch (`micro_batch: auto`) and tokens-per-batch cap."""
+    from tunesmith.plan.training import choose_batching
+
+    data = session.train_set
+    return choose_batching(
+        session.config,
+        lengths=[len(e.input_ids) for e in data],
+        trained_fraction=sum(_trained(e) for e in data) / max(1, sum(len(e.input_ids) for e in data)),
+        precision=session.precision,
+        world=session.accelerator.num_processes,
+        sharded=session.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
+        stop_rows=len(_stop_token_ids(session)),
+    )
 
 
 def _mixed_precision(config: Config) -> str:
@@ -459,14 +481,17 @@ def _prepare(session: _Session, resume_from: Path | None, lr_scale: float | None
         params, lr=cfg.learning_rate * state.lr_scale, weight_decay=cfg.weight_decay, fused=fused
     )
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants its micro-batch before prepare()
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+            session.batching.micro_batch
+        )
     loss_model, optimizer = accelerator.prepare(_LossModel(model, bf16=session.precision == "bf16"), optimizer)
 
     world = accelerator.num_processes
     if not loaded:  # a resume keeps the checkpoint's layout: the data position refers to its plan
-        accum = max(1, math.ceil(cfg.effective_batch / (cfg.micro_batch * world)))
+        start = session.batching.micro_batch
+        accum = max(1, math.ceil(cfg.effective_batch / (start * world)))
         probe = lambda size: _probe(loss_model, accelerator, session.train_set, session.padding, size)  # noqa: E731
-        state.micro_batch, state.accumulation, oom = fit_micro_batch(probe, cfg.micro_batch, accum)
+        state.micro_batch, state.accumulation, oom = fit_micro_batch(probe, start, accum)
         session.notes.extend(oom)
     n_micro = len(_plan(session, state.micro_batch, epoch=0))
     per_epoch = math.ceil(n_micro / (state.accumulation * world))
@@ -494,9 +519,8 @@ def _plan(session: _Session, micro_batch: int, epoch: int) -> list[list[int]]:
     # The same on every rank and every resume: (lengths, sizes, seed, epoch) fix it.
     lengths = [len(e.input_ids) for e in session.train_set]
     cfg = session.config.train
-    return plan_batches(
-        lengths, micro_batch=micro_batch, max_tokens=cfg.max_tokens_per_batch, seed=cfg.seed, epoch=epoch
-    )
+    max_tokens = session.batching.max_tokens_per_batch if session.batching else cfg.max_tokens_per_batch
+    return plan_batches(lengths, micro_batch=micro_batch, max_tokens=max_tokens, seed=cfg.seed, epoch=epoch)
 
 
 def _scale_lr(optimizer, scheduler, factor: float) -> None:
@@ -524,11 +548,27 @@ def _probe(loss_model, accelerator, examples, padding: Padding, size: int) -> No
 def _print_plan(session: _Session, run: _Attempt) -> None:
     """The derived quantities, before step 1 (DESIGN.md, convention 4)."""
     from tunesmith.models.adapters import trainable_parameters
+    from tunesmith.plan.report import memory_line
+    from tunesmith.plan.training import save_plan, training_plan
 
     config, layout, data = session.config, run.layout, session.train_set
     trainable, total = trainable_parameters(run.model)
     tokens, trained = sum(len(e.input_ids) for e in data), sum(_trained(e) for e in data)
-    memory = _memory_gb(run.model, layout.micro_batch, max(len(e.input_ids) for e in data))
+    plan = training_plan(
+        config,
+        lengths=[len(e.input_ids) for e in data],
+        trained_fraction=trained / max(tokens, 1),
+        micro_batch=layout.micro_batch,
+        accumulation=layout.accumulation,
+        precision=session.precision,
+        weight_dtype=_dtype_name(run.model) if config.train.method != "qlora" else "float32",
+        world=layout.world,
+        sharded=session.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
+        stop_rows=len(_stop_token_ids(session)),
+        batching=session.batching,
+    )
+    if session.accelerator.is_main_process:
+        save_plan(plan, config.run_dir, session.batching)
     table = Table(title=f"train: {config.name} ({config.train.method})", show_header=False, title_justify="left")
     for key, value in [
         ("examples", f"{len(data):,} train, {len(session.val_set):,} validation"),
@@ -549,7 +589,9 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
         ),
         ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / max(total, 1):.2%})"),
         ("precision", f"{_weights_name(run.model, config.train.method)} weights, {session.precision} compute"),
-        ("planned memory", f"~{memory:.2f} GB (rough: weights, AdamW, activations)"),
+        ("planned memory", memory_line(plan)),
+        ("licence", f"{plan.license.cls} ({plan.license.source}): {plan.license.why}"),
+        ("model kind", f"{plan.kind.kind} ({'; '.join(plan.kind.evidence)})"),
         *[("note", n) for n in session.notes],
     ]:
         table.add_row(key, value)
@@ -567,16 +609,6 @@ def _weights_name(model: torch.nn.Module, method: str) -> str:
         adapters = f", {str(trainable).removeprefix('torch.')} adapters" if trainable is not None else ""
         return f"NF4 (4-bit) base{adapters}"
     return _dtype_name(model)
-
-
-def _memory_gb(model: torch.nn.Module, micro_batch: int, max_len: int) -> float:
-    """Weights + fp32 grads and AdamW moments of trainable ones + activations (~34 bytes per
-    token × hidden × layer, the usual transformer estimate without checkpointing)."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    text = model.config.get_text_config()
-    activations = micro_batch * max_len * text.hidden_size * text.num_hidden_layers * 34
-    return (weights + trainable * 12 + activations) / 1e9
 
 
 def _start_trackers(accelerator: Accelerator, config: Config, step: int) -> None:
