@@ -343,3 +343,17 @@ def test_qlora_trains_4bit_base_and_merges_into_an_unquantised_model(tmp_path: P
     # The 4-bit base is never checkpointed: adapters and the stop token's embedding rows only.
     assert weights and all("lora_" in n or "trainable_tokens" in n for n in weights)
     assert_merged_matches_adapter(model, result.final_dir)
+
+
+def test_the_plan_names_the_weights_as_stored_and_peft_adds_no_warning(inputs: Path):
+    import warnings
+
+    from tunesmith.models.adapters import prepare_model
+
+    with warnings.catch_warnings(record=True) as caught:  # peft reading transformers' deprecated property
+        lora = prepare_model(run_config(inputs, "plan-lora"), stop_token_ids=[])
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert recipe._weights_name(lora, "lora") == "float32 weights"
+    qlora = prepare_model(run_config(inputs, "plan-qlora", "train.method=qlora"), stop_token_ids=[])
+    # The base's first parameter reports float32 (embeddings stay unquantised), but the layers are NF4.
+    assert recipe._weights_name(qlora, "qlora") == "NF4 (4-bit) base weights, float32 adapters"

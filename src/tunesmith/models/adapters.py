@@ -11,6 +11,7 @@ default): it trades ~30% more compute for activation memory, a choice for the me
 from __future__ import annotations
 
 import importlib.util
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,10 @@ from tunesmith.models.load import load_model
 
 # peft (0.21) reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model,
 # which prints a FutureWarning into every `tunesmith train`; nothing for the user to act on.
-warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+_PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
+# bitsandbytes' CPU backend warns that it could not fetch an optional kernel from the hub (QLoRA runs
+# without it); set here too, not only in the CLI, so library callers of train() are spared it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def check_method_available(method: str) -> None:
@@ -92,7 +96,9 @@ def wrap_model(model: Any, train: TrainConfig, lora: LoraConfig, *, stop_token_i
         bias="none",
         trainable_token_indices=sorted(set(stop_token_ids)) if lora.train_stop_tokens and stop_token_ids else None,
     )
-    return get_peft_model(model, peft_config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION, category=FutureWarning)
+        return get_peft_model(model, peft_config)
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
