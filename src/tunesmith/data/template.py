@@ -129,7 +129,10 @@ def load_tokenizer(
 
     from tunesmith.models.load import ModelLoadError, locate
 
-    source, offline = locate(name_or_path)  # a hub id offline fails here, in a second, not after retries
+    try:  # a hub id offline fails here, in a second, not after ~45 s of retries
+        source, offline = locate(name_or_path)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"cannot load a tokenizer from {name_or_path!s}: {str(e).split(': ', 1)[-1]}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=offline)
     except Exception as e:  # OSError, ValueError, KeyError...: transformers says "not a tokenizer" many ways
@@ -288,7 +291,9 @@ def _region_end(text: str, pos: int, after: str, last: bool, message: dict[str, 
     if end < pos:
         return None
     region = text[pos:end]
-    names = [(c.get("function") or {}).get("name", "") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    calls = message.get("tool_calls") or []
+    # A name that is not a string (data check rejects such rows; this keeps a direct caller from crashing).
+    names = [str((c.get("function") or {}).get("name", "")) for c in calls if isinstance(c, dict)]
     if content.strip() not in region or not all(n in region for n in names):
         return None
     return end
