@@ -164,3 +164,19 @@ def test_an_unexpected_error_is_exit_3_with_the_traceback_in_a_log(world, tmp_pa
     assert str(log) in " ".join(result.output.split()).replace(" ", "") or log.name in result.output
     text = log.read_text()
     assert "Traceback" in text and "ZeroDivisionError: a bug" in text and "def broken" not in text and "broken" in text
+
+
+def test_a_full_disk_is_exit_2_and_leaves_no_partial_output(world, tmp_path: Path, monkeypatch):
+    import errno
+
+    import tunesmith.runs as runs
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", full)
+    out = tmp_path / "o.jsonl"
+    result = runner.invoke(app, ["data", "convert", str(world["data"]), "-o", str(out)])
+    assert result.exit_code == EXIT_UNREADABLE, result.output
+    assert "no space left on device" in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
