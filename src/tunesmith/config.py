@@ -75,7 +75,7 @@ class TrainConfig(Section):
     """None: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning. Must be > 0 (0 trains steps that change nothing)."""
     epochs: float = Field(3.0, gt=0)
     effective_batch: int = Field(16, gt=0)
-    """Examples per optimizer step, reached with gradient accumulation."""
+    """Examples per optimizer step, reached with gradient accumulation; at least micro_batch."""
     micro_batch: int = Field(8, gt=0)
     """Examples per forward pass; halved automatically on out-of-memory at start."""
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"

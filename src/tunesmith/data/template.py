@@ -116,7 +116,10 @@ def read_chat_template(template: str | Path) -> str:
         raise FileNotFoundError(
             f"chat template {text!r}: no such file (give a Jinja template or a path to a .jinja file)"
         )
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise OSError(f"chat template {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 def load_tokenizer(
