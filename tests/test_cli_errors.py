@@ -180,3 +180,20 @@ def test_a_full_disk_is_exit_2_and_leaves_no_partial_output(world, tmp_path: Pat
     assert result.exit_code == EXIT_UNREADABLE, result.output
     assert "no space left on device" in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
+
+
+def test_importing_the_training_stack_prints_no_bitsandbytes_noise():
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = subprocess.run(
+        [sys.executable, "-c", "import tunesmith.models.adapters"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gemm_4bit_forward" not in done.stderr and "kernels-community" not in done.stderr

@@ -11,7 +11,6 @@ default): it trades ~30% more compute for activation memory, a choice for the me
 from __future__ import annotations
 
 import importlib.util
-import logging
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -26,9 +25,6 @@ from tunesmith.models.load import load_model
 # peft (0.21) reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model,
 # which prints a FutureWarning into every `tunesmith train`; nothing for the user to act on.
 _PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
-# bitsandbytes' CPU backend warns that it could not fetch an optional kernel from the hub (QLoRA runs
-# without it); set here too, not only in the CLI, so library callers of train() are spared it.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def check_method_available(method: str) -> None:
