@@ -182,6 +182,7 @@ def test_a_full_disk_is_exit_2_and_leaves_no_partial_output(world, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, transformers and peft: ~6 s of CPU
 def test_importing_the_training_stack_prints_no_bitsandbytes_noise():
     import subprocess
     import sys
