@@ -92,7 +92,8 @@ def write_crash_log(exc: BaseException) -> Path | None:
     path = directory / f"tunesmith-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        # 0600: a traceback can quote the user's data, and the temp directory is shared.
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
             f.write(f"tunesmith {' '.join(sys.argv[1:])}\n\n")
             f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     except OSError:
@@ -111,8 +112,8 @@ class TunesmithGroup(TyperGroup):
             err_console.print("interrupted", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as e:
-            # typer's Exit/Abort and usage errors are exceptions too (RuntimeError subclasses in typer
-            # >= 0.24, which vendors click): they carry their own exit code.
+            # typer's Exit/Abort and usage errors are exceptions too (RuntimeError subclasses in the
+            # typer releases that vendor click): they carry their own exit code.
             if isinstance(e, (typer.Exit, typer.Abort)) or type(e).__module__.startswith(("typer.", "click.")):
                 raise
             log = write_crash_log(e)
