@@ -4,7 +4,6 @@ file), and never a traceback on the terminal."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "c
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, Path]:
+def world(tmp_path_factory) -> dict:
     """Inputs every case can point at: data, a model, and things that look like them but are not."""
     root = tmp_path_factory.mktemp("cli-errors")
     model, data = tiny_inputs(root)
@@ -46,6 +45,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
         "no_weights": no_weights,
         "pickled": pickled,
         "latin1": latin1,
+        "data_bytes": data.read_bytes(),
     }
 
 
@@ -111,8 +111,8 @@ def test_every_expected_failure_is_one_message_and_exit_2(world, case):
 
 
 def test_the_inputs_survive_every_refused_command(world):
-    # Run after the cases above in file order; a refused command must not have touched its input.
-    assert [json.loads(line)["messages"][0]["role"] for line in world["data"].read_text().splitlines()][:1] == ["user"]
+    # Runs after the cases above (file order): not one refused command touched its input.
+    assert world["data"].read_bytes() == world["data_bytes"]
 
 
 def test_train_outside_the_repository_fails_clearly_and_leaves_nothing(tmp_path: Path, monkeypatch):
