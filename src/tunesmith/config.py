@@ -96,7 +96,7 @@ class TrainConfig(Section):
     epochs: float = Field(3.0, gt=0)
     """Passes over the training examples; fractions stop part-way through the last one."""
     effective_batch: int = Field(16, gt=0)
-    """Examples per optimizer step, reached with gradient accumulation."""
+    """Examples per optimizer step, reached with gradient accumulation; at least micro_batch."""
     micro_batch: Annotated[int, Field(gt=0)] | Literal["auto"] = 8
     """Examples per forward pass; halved automatically on out-of-memory at start. `auto`: the
     largest the memory plan fits on this device (GPU memory, or the RAM available), at most 64."""
@@ -144,7 +144,7 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _effective_batch_holds_a_micro_batch(self) -> TrainConfig:
         # Accumulation rounds up to 1, so a smaller effective batch would silently train with micro_batch instead.
-        if self.effective_batch < self.micro_batch:
+        if self.micro_batch != "auto" and self.effective_batch < self.micro_batch:
             raise ValueError(
                 f"effective_batch={self.effective_batch} is smaller than micro_batch={self.micro_batch}; "
                 f"raise effective_batch or lower micro_batch to {self.effective_batch}"

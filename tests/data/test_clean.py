@@ -121,3 +121,15 @@ def test_with_a_tokenizer_cut_answers_are_dropped(shared_fixtures: Path, tmp_pat
     [reject] = read_jsonl(tmp_path / "r.jsonl")
     assert reject["line"] == 5 and [r["code"] for r in reject["reasons"]] == ["answer_truncated"]
     assert "5 rows read: 4 kept" in result.summary()
+
+
+def test_rejected_for_lists_only_real_reasons(tmp_path: Path):
+    # An unreadable row without a system message used to be "rejected for: ..., no_system_message 1".
+    user, answer = {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}
+    rows = [{"messages": [user, answer]}, {"messages": [user, user, answer]}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    result = clean_file(path, tmp_path / "c.jsonl", tmp_path / "r.jsonl", config=DataConfig())
+    assert result.reasons == {"consecutive_roles": 1}
+    assert "rejected for: consecutive_roles 1" in result.summary() and "no_system_message" not in result.summary()
+    (reject,) = read_jsonl(tmp_path / "r.jsonl")
+    assert [r["code"] for r in reject["reasons"]] == ["consecutive_roles"]

@@ -14,6 +14,7 @@ SRC = Source("t.jsonl", 7)
 USER = {"role": "user", "content": "hi"}
 ASSISTANT = {"role": "assistant", "content": "hello"}
 SYSTEM = {"role": "system", "content": "be brief"}
+CALL = {"id": "call00000", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
 
 
 def msgs(*messages):
@@ -67,6 +68,46 @@ CASES = {
     "no_user_message": (msgs(SYSTEM, ASSISTANT), {"no_user_message"}, None),
     "no_system_message": (msgs(USER, ASSISTANT), {"no_system_message"}, None),
     "tools_not_a_list": ({**msgs(SYSTEM, USER, ASSISTANT), "tools": "[]"}, {"unconvertible"}, "tools"),
+    # tool_calls in OpenAI's shape, and every tool message answering a call (adversarial findings).
+    "tool_calls_not_a_list": (
+        msgs(SYSTEM, USER, {"role": "assistant", "content": "x", "tool_calls": "notalist"}),
+        {"invalid_tool_call"},
+        "messages[2].tool_calls",
+    ),
+    "tool_call_wrong_shape": (
+        msgs(SYSTEM, USER, {"role": "assistant", "content": "x", "tool_calls": [{"foo": 1}]}),
+        {"invalid_tool_call"},
+        "messages[2].tool_calls[0]",
+    ),
+    "tool_call_arguments_not_json": (
+        msgs(
+            SYSTEM, USER, {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": "{x"}}]}
+        ),
+        {"invalid_tool_call"},
+        "messages[2].tool_calls[0]",
+    ),
+    "tool_call_arguments_a_list": (
+        msgs(
+            SYSTEM, USER, {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": "[1]"}}]}
+        ),
+        {"invalid_tool_call"},
+        "messages[2].tool_calls[0]",
+    ),
+    "tool_call_name_not_a_string": (
+        msgs(SYSTEM, USER, {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": 42, "arguments": {}}}]}),
+        {"invalid_tool_call"},
+        "messages[2].tool_calls[0]",
+    ),
+    "tool_answers_no_call": (
+        msgs(SYSTEM, USER, {"role": "tool", "content": "1", "tool_call_id": "nope"}, ASSISTANT),
+        {"invalid_tool_call"},
+        "messages[2].tool_call_id",
+    ),
+    "tool_without_call_id": (
+        msgs(SYSTEM, USER, {"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "content": "1"}, ASSISTANT),
+        {"invalid_tool_call"},
+        "messages[3].tool_call_id",
+    ),
 }
 
 
@@ -194,3 +235,49 @@ def test_non_object_rows_of_a_converted_format_are_not_an_object(tmp_path: Path)
     path.write_text('{"instruction": "a", "output": "b"}\n[1, 2]\n')
     _, rows = read_rows(path)
     assert [r.codes for r in rows] == [{"no_system_message"}, {"not_an_object"}]
+
+
+def test_tool_call_arguments_may_be_an_object():
+    call = {**CALL, "function": {"name": "f", "arguments": {"a": 1}}}
+    row = validate_row(
+        msgs(
+            SYSTEM,
+            USER,
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "content": "1", "tool_call_id": CALL["id"]},
+            ASSISTANT,
+        ),
+        SRC,
+    )
+    assert row.findings == [] and row.conversation is not None
+
+
+def test_a_non_string_function_name_does_not_abort_a_check_with_a_tokenizer(tmp_path: Path):
+    from tests.conftest import fixture_tokenizer_dir
+    from tunesmith.config import DataConfig
+    from tunesmith.data.check import check_file
+    from tunesmith.data.template import load_tokenizer
+
+    tokenizer = load_tokenizer(fixture_tokenizer_dir("qwen2.5-instruct"))
+    bad = msgs(
+        SYSTEM, USER, {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": 42, "arguments": "{}"}}]}
+    )
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(bad) + "\n" + json.dumps(msgs(SYSTEM, USER, ASSISTANT)) + "\n", encoding="utf-8")
+    report = check_file(path, config=DataConfig(), tokenizer=tokenizer)
+    assert report.blocking and report.counts.get("invalid_tool_call") == 1
+    assert [f.source.row for f in report.findings if f.code == "invalid_tool_call"] == [1]
+    assert report.stats["encoded_rows"] == 1  # the good row was templated; the check went on
+
+
+def test_template_matching_survives_a_non_string_name_given_directly():
+    from tests.conftest import fixture_tokenizer_dir
+    from tunesmith.data.template import Encoded, TemplateError, encode, load_tokenizer
+
+    tokenizer = load_tokenizer(fixture_tokenizer_dir("qwen2.5-instruct"))
+    call = {**CALL, "function": {"name": 42, "arguments": "{}"}}
+    messages = [SYSTEM, USER, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    try:  # the template's own verdict either way; never "'in <string>' requires string as left operand"
+        assert isinstance(encode(messages, tokenizer), Encoded)
+    except TemplateError:
+        pass

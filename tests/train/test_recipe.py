@@ -353,3 +353,54 @@ def test_qlora_trains_4bit_base_and_merges_into_an_unquantised_model(tmp_path: P
     # The 4-bit base is never checkpointed: adapters and the stop token's embedding rows only.
     assert weights and all("lora_" in n or "trainable_tokens" in n for n in weights)
     assert_merged_matches_adapter(model, result.final_dir)
+
+
+def test_the_plan_names_the_weights_as_stored_and_peft_adds_no_warning(inputs: Path, tmp_path: Path):
+    import warnings
+
+    from tunesmith.models.adapters import prepare_model
+    from tunesmith.models.tiny import build_tiny_model
+
+    with warnings.catch_warnings(record=True) as caught:  # peft reading transformers' deprecated property
+        lora = prepare_model(run_config(inputs, "plan-lora"), stop_token_ids=[])
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert recipe._weights_name(lora, "lora") == "float32 weights"
+    pytest.importorskip("bitsandbytes")
+    wide = build_tiny_model(tmp_path / "m64", tokenizer_from=Path(run_config(inputs, "x").model.name_or_path), hidden_size=64, layers=1, heads=2, kv_heads=1, intermediate_size=128, max_position_embeddings=128)  # fmt: skip
+    qlora = prepare_model(
+        run_config(inputs, "plan-qlora", "train.method=qlora", f"model.name_or_path={wide}"), stop_token_ids=[]
+    )
+    # The base's first parameter reports float32 (embeddings stay unquantised), but the layers are NF4.
+    assert recipe._weights_name(qlora, "qlora") == "NF4 (4-bit) base weights, float32 adapters"
+
+
+def test_qlora_on_layers_too_narrow_for_the_cpu_kernel_is_a_config_error(inputs: Path):
+    """32-wide layers used to crash at the first validation, inside bitsandbytes' AVX512-BF16 repacking."""
+    pytest.importorskip("bitsandbytes")
+    from tunesmith.models.adapters import prepare_model
+    from tunesmith.models.load import load_model
+
+    base = load_model(run_config(inputs, "x").model.name_or_path, quantization="4bit")
+    if not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in base.modules()):
+        pytest.skip("this CPU takes bitsandbytes' generic 4-bit path, which has no width limit")
+    with pytest.raises(ConfigError, match="at least 64 wide .* use train.method=lora"):
+        prepare_model(run_config(inputs, "narrow", "train.method=qlora"), stop_token_ids=[])
+
+
+def test_a_full_disk_at_a_checkpoint_stops_with_the_last_complete_one(inputs: Path, monkeypatch):
+    import errno
+
+    real_save, saves = ckpt._torch_save, []
+
+    def fill_up_on_the_second_save(obj, path):
+        saves.append(path)
+        if ckpt.SCHEDULER_FILE in str(path) and sum(ckpt.SCHEDULER_FILE in str(p) for p in saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path)
+
+    monkeypatch.setattr(ckpt, "_torch_save", fill_up_on_the_second_save)
+    config = run_config(inputs, "disk-full", "train.epochs=1")
+    with pytest.raises(ckpt.CheckpointWriteError, match="no space left on device; last complete checkpoint is step 3"):
+        train(config)
+    assert [p.name for p in ckpt.complete_checkpoints(config.run_dir)] == ["step-3"]
+    assert not list((config.run_dir / "checkpoints").glob(".tmp-*"))  # the half-written one is cleared

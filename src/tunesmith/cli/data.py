@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -153,7 +153,9 @@ def show_command(
     tokenizer: Annotated[str, typer.Option("--tokenizer", "-t", help="Hub id or directory of the model's tokenizer.")],
     index: Annotated[int, typer.Option("--index", "-i", help="0-based index of the example among readable rows.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print tokens as JSON.")] = False,
-    train_on: Annotated[str, typer.Option("--train-on", help="all|last assistant turns carry loss.")] = "all",
+    train_on: Annotated[
+        Literal["all", "last"], typer.Option("--train-on", help="Which assistant turns carry loss.")
+    ] = "all",
     format: FormatOpt = "auto",
 ) -> None:
     """Show one example exactly as the model is trained on it: trained tokens highlighted."""

@@ -17,8 +17,8 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -72,6 +72,15 @@ def friendly_errors() -> Iterator[None]:
         _fail(f"a file is not valid UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8")
 
 
+@contextlib.contextmanager
+def readable_errors(*types: type[Exception]) -> Iterator[None]:
+    """A command's own expected errors (e.g. a file in the wrong format): their message, exit 2."""
+    try:
+        yield
+    except types as e:
+        _fail(str(e))
+
+
 def _fail(message: str) -> None:
     err_console.print("[bold red]error:[/]", escape(message), highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_UNREADABLE) from None
@@ -83,7 +92,8 @@ def write_crash_log(exc: BaseException) -> Path | None:
     path = directory / f"tunesmith-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        # 0600: a traceback can quote the user's data, and the temp directory is shared.
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
             f.write(f"tunesmith {' '.join(sys.argv[1:])}\n\n")
             f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     except OSError:
@@ -94,16 +104,18 @@ def write_crash_log(exc: BaseException) -> Path | None:
 class TunesmithGroup(TyperGroup):
     """The top-level command group: every command, present and future, runs inside this handler."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: Any) -> Any:
         try:
             with friendly_errors():
                 return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, typer.Exit):
-            raise
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as e:
+            # typer's Exit/Abort and usage errors are exceptions too (RuntimeError subclasses in the
+            # typer releases that vendor click): they carry their own exit code.
+            if isinstance(e, (typer.Exit, typer.Abort)) or type(e).__module__.startswith(("typer.", "click.")):
+                raise
             log = write_crash_log(e)
             where = f"the traceback is in {log}" if log else "no log file could be written"
             err_console.print(

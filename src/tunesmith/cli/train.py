@@ -37,6 +37,8 @@ def train_command(
     ] = None,
 ) -> None:
     """Fine-tune a model on a file of examples; leaves a run directory with curves, checkpoints and the best model."""
+    if config is not None and "=" in config.name and not config.exists():  # `tunesmith train key=value ...`
+        overrides, config = [str(config), *(overrides or [])], None
     if num_processes > 1 or launcher != "torchrun" or accelerate_config:
         _relaunch(config, overrides, resume, merge, num_processes, launcher, accelerate_config)
     from tunesmith.split import LeakageError

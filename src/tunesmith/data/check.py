@@ -80,7 +80,9 @@ def check_rows(
         "exact_duplicate": [[readable[i].source.row for i in g] for g in dups.exact],
         "near_duplicate": [[readable[i].source.row for i in g] for g in dups.near],
     }
-    checked = Checked(str(path), fmt, rows, [], groups, None)
+    from tunesmith.data.convert import conversion_notes
+
+    checked = Checked(str(path), fmt, rows, [], groups, None, conversion_notes(rows))
     if tokenizer is None:
         checked.notes.append(_NO_TOKENIZER)
     else:

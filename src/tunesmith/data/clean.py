@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tunesmith.data.check import CheckSettings, check_rows
-from tunesmith.data.schema import Finding, Row
+from tunesmith.data.schema import Finding, Row, Severity
 from tunesmith.runs import check_outputs, write_jsonl
 
 _DUPLICATE_CODES = ("exact_duplicate", "near_duplicate")
@@ -51,7 +51,8 @@ def _drop_reasons(row: Row, drop: frozenset[str], kept_groups: set[tuple[str, in
     """The findings that reject this row; updates `kept_groups` when a duplicate group's first kept
     row is this one."""
     if row.conversation is None:  # unreadable rows cannot be written as messages, whatever `drop` says
-        return row.findings
+        # Their reasons are the errors (and dropped codes), not what is merely worth knowing (INFO).
+        return [f for f in row.findings if f.severity is Severity.ERROR or f.code in drop]
     reasons = [f for f in row.findings if f.code in drop]
     if reasons and all(f.code in _DUPLICATE_CODES for f in reasons):
         if not any((f.code, f.group) in kept_groups for f in reasons):
@@ -64,7 +65,10 @@ def _drop_reasons(row: Row, drop: frozenset[str], kept_groups: set[tuple[str, in
 
 def _reject(row: Row, reasons: Iterable[Finding]) -> dict[str, Any]:
     why = [{"code": f.code, "message": f.message, **({"field": f.field} if f.field else {})} for f in reasons]
-    return {"line": row.source.row, "reasons": why, "row": row.raw}
+    out = {"line": row.source.row, "reasons": why, "row": row.raw}
+    if row.raw_base64 is not None:  # `row` holds U+FFFD where the bytes were not UTF-8; these are the bytes
+        out["row_base64"] = row.raw_base64
+    return out
 
 
 def clean_file(

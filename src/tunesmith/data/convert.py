@@ -21,6 +21,7 @@ class ConvertResult:
     rows_read: int
     rows_written: int
     skipped: list[Row] = field(default_factory=list)  # rows not written, each with its findings
+    notes: list[str] = field(default_factory=list)  # e.g. values changed to fit JSON
 
     @property
     def failed(self) -> int:
@@ -48,7 +49,19 @@ class ConvertResult:
                 lines.append(f"  {where}: {first.code}: {first.message}")
             if self.failed > show:
                 lines.append(f"  ... and {self.failed - show} more")
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
+
+
+def conversion_notes(rows: list[Row]) -> list[str]:
+    """One line per column whose values were changed to fit JSON (`json_safe_value` findings)."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        for f in row.findings:
+            if f.code == "json_safe_value":
+                seen[f.message] = seen.get(f.message, 0) + 1
+    return [
+        f"{message} in {n} row{'s' if n > 1 else ''} (JSON cannot hold it as it was)" for message, n in seen.items()
+    ]
 
 
 def convert_file(input_path: str | Path, output_path: str | Path, fmt: str = "auto") -> ConvertResult:
@@ -58,4 +71,5 @@ def convert_file(input_path: str | Path, output_path: str | Path, fmt: str = "au
     check_outputs({"input": input_path}, {"--output": output_path})
     fmt, rows = read_rows(input_path, fmt)
     written = write_jsonl(output_path, (row.conversation.to_json() for row in rows if row.conversation is not None))
-    return ConvertResult(fmt, str(output_path), len(rows), written, [row for row in rows if row.conversation is None])
+    skipped = [row for row in rows if row.conversation is None]
+    return ConvertResult(fmt, str(output_path), len(rows), written, skipped, conversion_notes(rows))

@@ -26,6 +26,7 @@ Conversions, and the few places where a round trip is not exact:
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -33,7 +34,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.schema import Conversation, DataError, Finding, Row, Source
+from tunesmith.data.schema import Conversation, DataError, Finding, Row, Severity, Source
 
 FORMATS = ("messages", "alpaca", "sharegpt", "prompt-completion")
 # What `--format` accepts: `csv` means "a CSV file whose columns map to alpaca or
@@ -49,6 +50,14 @@ _SUFFIX_KINDS = {
 }
 _BOM = b"\xef\xbb\xbf"
 _SNIFF_BYTES = 8192  # enough to see a binary file's NULs or a format's first record
+# A JSONL line longer than this is a `line_too_long` finding, read past without holding it: a
+# parsed row costs ~40x its bytes downstream (a 50 MB line took 2 GB), and 8 MiB is already ~2M
+# tokens, more than any model's context.
+MAX_LINE_BYTES = 8 << 20
+MAX_JSON_DEPTH = 200  # nesting deeper than this is no conversation (Python's JSON reader stops near 1,000)
+_BRACKETS_BEFORE_DEPTH_CHECK = 500  # count brackets first (fast, in C); scan for depth only above this
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped) and brackets
+_RAW_HEAD_CHARS = 1000  # what a rejects file keeps of a line too long to keep
 _DETECT_SAMPLE = 50  # records looked at to detect the format; more only costs time
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a \uD800-\uDFFF escape in JSON text
 _LONE_SURROGATE = "holds a \\uD800-\\uDFFF escape without its pair (a broken emoji?): not valid Unicode"
@@ -86,6 +95,8 @@ def read_records(path: str | Path) -> tuple[str, list[Row]]:
     if kind != "parquet":
         _check_text(head, path)
     kind = kind or _sniff(head, path)
+    if kind == "jsonl" and _pretty_json_array(head):
+        kind = "json"  # a pretty-printed JSON array saved as .jsonl: read it as the array it is
     if kind == "json":
         try:
             rows = _read_json(path)
@@ -122,6 +133,18 @@ def _check_text(head: bytes, path: Path) -> None:
         raise DataError(path, "binary file (NUL bytes): expected JSONL, JSON, CSV text or Parquet")
 
 
+def _pretty_json_array(head: bytes) -> bool:
+    """Does a .jsonl file start with a JSON array spread over lines (`[` alone, or `[{` on line 1)?"""
+    text = head.removeprefix(_BOM).lstrip()
+    if not text.startswith(b"["):
+        return False
+    try:
+        json.loads(text.split(b"\n", 1)[0])  # a whole array on line 1 is a (bad) JSONL row, left as one
+        return False
+    except ValueError:
+        return True
+
+
 def _sniff(head: bytes, path: Path) -> str:
     """The kind of a text file whose extension says nothing."""
     text = head.removeprefix(_BOM).lstrip()
@@ -143,31 +166,86 @@ def _sniff(head: bytes, path: Path) -> str:
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
     # Line by line in binary: only one line's text is held at a time, a line that is not UTF-8
-    # becomes a finding instead of stopping the read, and a 50 MB line is one json.loads.
+    # becomes a finding instead of stopping the read, and a line over MAX_LINE_BYTES is skipped
+    # in chunks, never held whole.
     with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
+        lineno = 0
+        while line := f.readline(MAX_LINE_BYTES + 1):
+            lineno += 1
             if lineno == 1:
                 line = line.removeprefix(_BOM)
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                head, size = line[:_RAW_HEAD_CHARS], len(line)
+                del line  # not held while the rest of the line is skipped
+                rows.append(_too_long(head, size + _skip_line(f), Source(str(path), lineno)))
+                continue
             if not line or line.isspace():  # isspace: no copy of a huge line
                 continue
             rows.append(_parse_line(line, Source(str(path), lineno)))
     return rows
 
 
+def _skip_line(f: Any) -> int:
+    """Read to the end of the current line in bounded chunks; the bytes skipped."""
+    skipped = 0
+    while chunk := f.readline(1 << 20):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
+
+
+def _too_long(head: bytes, size: int, source: Source) -> Row:
+    message = (
+        f"the line is {size / 2**20:.1f} MiB, over the {MAX_LINE_BYTES >> 20} MiB tunesmith reads per row "
+        "(~2M tokens, more than any context); split or shorten it. The rejects file keeps its start only"
+    )
+    text = head.decode("utf-8", errors="replace") + f"… [{size} bytes, cut]"
+    return Row(source, text, findings=[Finding("line_too_long", source, message)])
+
+
 def _parse_line(line: bytes, source: Source) -> Row:
+    raw_base64 = None
     try:
         text = line.decode("utf-8")
         value = json.loads(text)
         if _SURROGATE_ESCAPE.search(text) and not _encodable(value):
             message = _LONE_SURROGATE
+        elif (depth := _too_deep(line)) is not None:
+            message = _deep_message(depth)
         else:
             return Row(source, value)
     except UnicodeDecodeError as e:
         message = f"not valid UTF-8: byte 0x{line[e.start]:02x} at column {e.start + 1}; re-save the file as UTF-8"
+        raw_base64 = base64.b64encode(line.rstrip(b"\r\n")).decode("ascii")  # the exact bytes, recoverable
     except json.JSONDecodeError as e:
         message = f"not valid JSON: {e.msg} (column {e.colno})"
+    except RecursionError:  # nested deeper than the parser's stack: the row, not the read, fails
+        message = _deep_message(_too_deep(line, always=True))
     text = line.decode("utf-8", errors="replace").rstrip("\r\n")
-    return Row(source, text, findings=[Finding("invalid_json", source, message)])
+    return Row(source, text, findings=[Finding("invalid_json", source, message)], raw_base64=raw_base64)
+
+
+def _deep_message(depth: int | None) -> str:
+    deep = f"{depth:,} levels" if depth else "too many levels"
+    return f"nested {deep} deep (arrays/objects inside each other); tunesmith reads at most {MAX_JSON_DEPTH}"
+
+
+def _too_deep(line: bytes, always: bool = False) -> int | None:
+    """The nesting depth of a JSON line when it exceeds MAX_JSON_DEPTH, else None. Rows that parse
+    but nest ~1,000 deep would crash later, when written or hashed, so they are stopped here. Only
+    lines with many brackets are scanned: the count is a fast C loop, the scan is not."""
+    if not always and line.count(b"[") + line.count(b"{") <= _BRACKETS_BEFORE_DEPTH_CHECK:
+        return None
+    depth = deepest = 0
+    for token in _JSON_TOKENS.finditer(line):
+        c = token.group()
+        if c in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (b"]", b"}"):
+            depth -= 1
+    return deepest if deepest > MAX_JSON_DEPTH or always else None
 
 
 def _encodable(value: Any) -> bool:
@@ -202,6 +280,8 @@ def _read_json(path: Path) -> list[Row]:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
             raise _JsonLines from None
         raise DataError(path, f"not valid JSON: {e.msg} (column {e.colno})", row=e.lineno) from None
+    except RecursionError:
+        raise DataError(path, f"nested deeper than JSON can be read; {_deep_message(None)}") from None
     records = value if isinstance(value, list) else _records_in_object(value, path)
     check = _SURROGATE_ESCAPE.search(text) is not None  # rare: pay for the check only then
     rows = []
@@ -280,14 +360,48 @@ def _read_parquet(path: Path) -> list[Row]:
 
     try:
         parquet = pq.ParquetFile(path)
+        # Columns JSON cannot hold (timestamps, decimals, bytes, ...) are turned into strings, so
+        # convert and clean can write them; each converted value is an INFO finding saying so.
+        unsafe = {f.name: str(f.type) for f in parquet.schema_arrow if _NOT_JSON_TYPES.search(str(f.type))}
         rows, n = [], 0
         for batch in parquet.iter_batches():  # one batch at a time: the Arrow copy stays small
             for record in batch.to_pylist():
                 n += 1
-                rows.append(Row(Source(str(path), n), record))
+                row = Row(Source(str(path), n), record)
+                for name, kind in unsafe.items():
+                    if record.get(name) is not None:
+                        record[name], how = _json_safe(record[name])
+                        row.findings.append(
+                            Finding("json_safe_value", row.source, f"{kind} column `{name}` kept as {how}", name)
+                        )
+                rows.append(row)
     except (pa.ArrowException, OSError) as e:
         raise DataError(path, f"not a readable Parquet file: {e}") from None
     return rows
+
+
+_NOT_JSON_TYPES = re.compile(r"timestamp|date|time|decimal|binary|duration|interval")
+
+
+def _json_safe(value: Any) -> tuple[Any, str]:
+    """A Parquet value as JSON can hold it, and how it was written (for the finding)."""
+    import datetime
+    import decimal
+
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat(), "ISO 8601 strings"
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds(), "seconds"
+    if isinstance(value, decimal.Decimal):
+        return str(value), "decimal strings (exact; no float rounding)"
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii"), "base64 strings"
+    if isinstance(value, dict):
+        items = {k: _json_safe(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in items.items()}, "JSON-safe values (ISO dates, decimal strings, base64)"
+    if isinstance(value, list | tuple):
+        return [_json_safe(v)[0] for v in value], "JSON-safe values (ISO dates, decimal strings, base64)"
+    return value, "is"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,9 +426,13 @@ def _matching_formats(record: Any) -> list[str]:
 def detect_format(rows: list[Row], path: str | Path) -> str:
     """The format of a file's rows, judged from the first records that parsed. Raises DataError
     when no record matches a format or the records disagree."""
-    parsed = [r for r in rows if isinstance(r.raw, dict) and not r.findings][:_DETECT_SAMPLE]
+
+    def readable(row: Row) -> bool:  # INFO findings from reading (a Parquet date made a string) are no obstacle
+        return not any(f.severity is Severity.ERROR for f in row.findings)
+
+    parsed = [r for r in rows if isinstance(r.raw, dict) and readable(r)][:_DETECT_SAMPLE]
     if not parsed:
-        bad = next((r for r in rows if r.findings), None)
+        bad = next((r for r in rows if not readable(r)), None)
         first_problem = f" (line {bad.source.row}: {bad.findings[0].message})" if bad else ""
         raise DataError(path, f"no row is a JSON object{first_problem}; expected one example object per row")
     votes: dict[str, list[int]] = {}

@@ -50,6 +50,19 @@ _CODES = [
     Code("last_not_assistant", Severity.ERROR, True, "the conversation does not end with the assistant"),
     Code("consecutive_roles", Severity.ERROR, True, "two turns of the same role in a row the template cannot render"),
     Code("unconvertible", Severity.ERROR, True, "the row cannot be converted from its source format"),
+    Code(
+        "invalid_tool_call",
+        Severity.ERROR,
+        True,
+        "tool_calls not in OpenAI's shape, or a tool message answering no call",
+    ),
+    Code("line_too_long", Severity.ERROR, True, "a line longer than tunesmith reads (formats.MAX_LINE_BYTES)"),
+    Code(
+        "json_safe_value",
+        Severity.INFO,
+        False,
+        "a Parquet value JSON cannot hold (date, decimal, bytes) kept as a string",
+    ),
     # Template findings (need a tokenizer).
     Code("template_error", Severity.ERROR, True, "the chat template rejects this conversation"),
     Code("template_drops_content", Severity.ERROR, True, "the rendered text lacks part of a message"),
@@ -150,6 +163,8 @@ class Row:
     raw: Any  # the parsed JSON value, or the undecodable text for invalid rows
     conversation: Conversation | None = None  # None when the row has format errors
     findings: list[Finding] = field(default_factory=list)
+    # The line's exact bytes, base64, when `raw` cannot hold them (not UTF-8): rejects keep the original.
+    raw_base64: str | None = None
 
     @property
     def codes(self) -> set[str]:

@@ -142,7 +142,10 @@ def read_chat_template(template: str | Path) -> str:
         raise FileNotFoundError(
             f"chat template {text!r}: no such file (give a Jinja template or a path to a .jinja file)"
         )
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise OSError(f"chat template {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 def load_tokenizer(
@@ -155,7 +158,10 @@ def load_tokenizer(
 
     from tunesmith.models.load import ModelLoadError, locate
 
-    source, offline = locate(name_or_path)  # a hub id offline fails here, in a second, not after retries
+    try:  # a hub id offline fails here, in a second, not after ~45 s of retries
+        source, offline = locate(name_or_path)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"cannot load a tokenizer from {name_or_path!s}: {str(e).split(': ', 1)[-1]}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=offline)
     except Exception as e:  # OSError, ValueError, KeyError...: transformers says "not a tokenizer" many ways
@@ -316,7 +322,9 @@ def _region_end(text: str, pos: int, after: str, last: bool, message: dict[str, 
     if end < pos:
         return None
     region = text[pos:end]
-    names = [(c.get("function") or {}).get("name", "") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    calls = message.get("tool_calls") or []
+    # A name that is not a string (data check rejects such rows; this keeps a direct caller from crashing).
+    names = [str((c.get("function") or {}).get("name", "")) for c in calls if isinstance(c, dict)]
     if content.strip() not in region or not all(n in region for n in names):
         return None
     return end

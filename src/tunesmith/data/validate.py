@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ def validate_row(raw: Any, source: Source) -> Row:
     roles = [m.get("role") if m is not None else None for m in checked]
     if all(role in ROLES for role in roles):  # the order checks need every role known
         _check_order(roles, add)
+    if "tool" in roles or any(m is not None and "tool_calls" in m for m in checked):
+        _check_tool_calls(checked, add)
     tools = raw.get("tools")
     if tools is not None and not isinstance(tools, list):
         add("unconvertible", f"`tools` is a {_kind(tools)}; expected a list of OpenAI tool objects", "tools")
@@ -121,6 +124,87 @@ def _check_message(message: Any, index: int, add: Any) -> dict[str, Any] | None:
     return message
 
 
+def _check_tool_calls(messages: list[dict[str, Any] | None], add: Any) -> None:
+    """OpenAI's shape: `tool_calls` a list of {id, type: "function", function: {name, arguments}},
+    arguments a JSON object or a string holding one; each `tool` message answers an earlier call by
+    its `tool_call_id`. A template given anything else fails with a cryptic error, or renders a call
+    the model then learns to make wrong."""
+    pending: set[str] = set()  # call ids not yet answered
+    for i, m in enumerate(messages):
+        if m is None:
+            continue
+        where = f"messages[{i}]"
+        if "tool_calls" in m and m.get("tool_calls") is not None:
+            calls = m["tool_calls"]
+            if m.get("role") != "assistant":
+                add(
+                    "invalid_tool_call",
+                    f"a {m.get('role')} message has tool_calls; only assistant messages call tools",
+                    f"{where}.tool_calls",
+                )
+            if not isinstance(calls, list):
+                add(
+                    "invalid_tool_call",
+                    f"`tool_calls` is a {_kind(calls)}; expected a list of calls",
+                    f"{where}.tool_calls",
+                )
+                continue
+            for j, call in enumerate(calls):
+                problem = _tool_call_problem(call)
+                if problem:
+                    add("invalid_tool_call", problem, f"{where}.tool_calls[{j}]")
+                elif call["id"] in pending:
+                    add("invalid_tool_call", f"call id {call['id']!r} is used twice", f"{where}.tool_calls[{j}].id")
+                else:
+                    pending.add(call["id"])
+        if m.get("role") == "tool":
+            call_id = m.get("tool_call_id")
+            if not isinstance(call_id, str):
+                what = "missing" if call_id is None else f"a {_kind(call_id)}"
+                add(
+                    "invalid_tool_call",
+                    f"`tool_call_id` is {what}; a tool message answers a call by its id",
+                    f"{where}.tool_call_id",
+                )
+            elif call_id not in pending:
+                add(
+                    "invalid_tool_call",
+                    f"answers call id {call_id!r}, which no earlier assistant message made (or which was answered already)",
+                    f"{where}.tool_call_id",
+                )
+            else:
+                pending.discard(call_id)
+
+
+_CALL_SHAPE = '{"id": "call_1", "type": "function", "function": {"name": "...", "arguments": "{...}"}}'
+
+
+def _tool_call_problem(call: Any) -> str | None:
+    if not isinstance(call, dict):
+        return f"a tool call is a JSON {_kind(call)}; expected {_CALL_SHAPE}"
+    unknown = sorted(set(call) - {"id", "type", "function"})
+    if unknown:
+        return f"unknown keys {unknown}; a tool call is {_CALL_SHAPE}"
+    if not isinstance(call.get("id"), str) or not call["id"]:
+        return f"`id` is missing or not a string; a tool call is {_CALL_SHAPE}"
+    if call.get("type") != "function":
+        return f'`type` is {call.get("type")!r}; expected "function"'
+    function = call.get("function")
+    if not isinstance(function, dict):
+        return f"`function` is missing or not an object; a tool call is {_CALL_SHAPE}"
+    if not isinstance(function.get("name"), str) or not function["name"]:
+        return f"`function.name` is {_kind(function.get('name'))}; expected the function's name as a string"
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError as e:
+            return f"`function.arguments` is not valid JSON ({e}); expected a JSON object (or a string holding one)"
+    if not isinstance(arguments, dict):
+        return f"`function.arguments` is a {_kind(arguments)}; expected a JSON object (or a string holding one)"
+    return None
+
+
 def _is_text_part(part: Any) -> bool:
     return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
 
@@ -173,15 +257,18 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _check_record(record: Row, fmt: str) -> Row:
-    if record.findings:  # could not be parsed: nothing to convert
+    if any(f.severity is Severity.ERROR for f in record.findings):  # could not be parsed: nothing to convert
         return record
     if fmt == "messages" or not isinstance(record.raw, dict):
-        return validate_row(record.raw, record.source)
-    try:
-        converted = to_messages(record.raw, fmt)
-    except Unconvertible as e:
-        record.findings.append(Finding("unconvertible", record.source, f"cannot read as {fmt}: {e}", e.field))
-        return record
-    row = validate_row(converted, record.source)
-    row.raw = record.raw  # the rejects file keeps what the user wrote, not our conversion
+        row = validate_row(record.raw, record.source)
+    else:
+        try:
+            converted = to_messages(record.raw, fmt)
+        except Unconvertible as e:
+            record.findings.append(Finding("unconvertible", record.source, f"cannot read as {fmt}: {e}", e.field))
+            return record
+        row = validate_row(converted, record.source)
+        row.raw = record.raw  # the rejects file keeps what the user wrote, not our conversion
+    if record.findings:  # what reading said about the row (e.g. a Parquet date kept as a string)
+        row.findings[:0] = record.findings
     return row

@@ -24,7 +24,7 @@ from tunesmith.models.load import load_model
 
 # peft (0.21) reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model,
 # which prints a FutureWarning into every `tunesmith train`; nothing for the user to act on.
-warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+_PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
 
 
 def check_method_available(method: str) -> None:
@@ -79,6 +79,7 @@ def wrap_model(model: Any, train: TrainConfig, lora: LoraConfig, *, stop_token_i
     if train.method == "qlora":
         if not getattr(model, "is_loaded_in_4bit", False):
             raise ValueError("train.method=qlora: the model must be loaded with quantization='4bit'")
+        _check_cpu_4bit_shapes(model)
         # Freezes the base and upcasts norms/embeddings to fp32 for stable training.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     peft_config = PeftLoraConfig(
@@ -92,7 +93,28 @@ def wrap_model(model: Any, train: TrainConfig, lora: LoraConfig, *, stop_token_i
         bias="none",
         trainable_token_indices=sorted(set(stop_token_ids)) if lora.train_stop_tokens and stop_token_ids else None,
     )
-    return get_peft_model(model, peft_config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION, category=FutureWarning)
+        return get_peft_model(model, peft_config)
+
+
+def _check_cpu_4bit_shapes(model: Any) -> None:
+    """bitsandbytes' AVX512-BF16 CPU kernel repacks each 4-bit layer the first time it runs without
+    gradients (validation), and can only for layers `in_features` a multiple of the quantization
+    block (64) and `out_features` of 32; anything smaller crashes inside it with "shape '[32, 0]' is
+    invalid". Say so before training starts, not at the first validation."""
+    bad = [
+        f"{name} ({m.in_features} -> {m.out_features})"
+        for name, m in model.named_modules()
+        if getattr(m, "support_avx512bf16_for_cpu", False)
+        and getattr(getattr(m, "weight", None), "quant_state", None) is not None
+        and (m.in_features % m.weight.quant_state.blocksize or m.out_features % 32)
+    ]
+    if bad:
+        raise ConfigError(
+            f"train.method=qlora on this CPU needs 4-bit layers at least 64 wide (bitsandbytes' CPU kernel); "
+            f"{len(bad)} are not, e.g. {bad[0]}: use train.method=lora for a model this small"
+        )
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

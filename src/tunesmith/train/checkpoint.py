@@ -31,6 +31,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -500,7 +501,9 @@ def export_final(
     generation.pad_token_id = tokenizer.pad_token_id
     generation.save_pretrained(staging)
     if merge_base is not None and isinstance(model, PeftModel):
-        merged = PeftModel.from_pretrained(merge_base(), staging).merge_and_unload()
+        with warnings.catch_warnings():  # see models/adapters.py: peft reads a deprecated property
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")
+            merged = PeftModel.from_pretrained(merge_base(), staging).merge_and_unload()
         merged.save_pretrained(staging / MERGED_DIR, safe_serialization=True)
         tokenizer.save_pretrained(staging / MERGED_DIR)
         generation.save_pretrained(staging / MERGED_DIR)

@@ -181,15 +181,18 @@ def train(config: Config, *, resume: bool | None = None, merge: bool = False) ->
     checkpoint removes the run directory it created, so no half-started run is left to resume.
     """
     main = int(os.environ.get("RANK", "0")) == 0
-    created = not config.run_dir.exists()
+    created = config.run_dir.absolute()  # the topmost folder this call creates (runs/ too, the first time)
+    while not created.parent.exists() and created.parent != created.parent.parent:
+        created = created.parent
+    created = None if created.exists() else created
     try:
         with run_lock(config.run_dir) if main else contextlib.nullcontext():
             return _train(config, resume, merge)
     except (TrainingStopped, TrainingInterrupted):
         raise
     except BaseException:
-        if main and created and ckpt.latest_complete(config.run_dir) is None:
-            shutil.rmtree(config.run_dir, ignore_errors=True)
+        if main and created is not None and ckpt.latest_complete(config.run_dir) is None:
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 
@@ -588,7 +591,7 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
             f"{config.train.learning_rate * run.state.lr_scale:g}, cosine, warmup {config.train.warmup_ratio:.0%}",
         ),
         ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / max(total, 1):.2%})"),
-        ("precision", f"{_weights_name(run.model, config.train.method)} weights, {session.precision} compute"),
+        ("precision", f"{_weights_name(run.model, config.train.method)}, {session.precision} compute"),
         ("planned memory", memory_line(plan)),
         ("licence", f"{plan.license.cls} ({plan.license.source}): {plan.license.why}"),
         ("model kind", f"{plan.kind.kind} ({'; '.join(plan.kind.evidence)})"),
@@ -603,12 +606,12 @@ def _dtype_name(model: torch.nn.Module) -> str:
 
 
 def _weights_name(model: torch.nn.Module, method: str) -> str:
-    """The base weights' storage: QLoRA's are NF4 (4-bit) whatever dtype the first parameter reports."""
+    """How the weights are stored: QLoRA's base is NF4 (4-bit), whatever dtype its first parameter reports."""
     if method == "qlora":
         trainable = next((p.dtype for p in model.parameters() if p.requires_grad), None)
         adapters = f", {str(trainable).removeprefix('torch.')} adapters" if trainable is not None else ""
-        return f"NF4 (4-bit) base{adapters}"
-    return _dtype_name(model)
+        return f"NF4 (4-bit) base weights{adapters}"
+    return f"{_dtype_name(model)} weights"
 
 
 def _start_trackers(accelerator: Accelerator, config: Config, step: int) -> None:
