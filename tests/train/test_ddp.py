@@ -54,7 +54,11 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path, monkeypatch):
     out.mkdir()
     script = tmp_path / "ddp_child.py"
     script.write_text(CHILD.format(out=str(out), root=str(tmp_path), settings=SETTINGS))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")]),  # this checkout, not an installed copy
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", str(script)],
         cwd=REPO,

@@ -58,7 +58,7 @@ recipe.train(run_config(Path({root!r}), {name!r}, *{settings!r}))
 
 def start_child(root: Path, name: str, mode: str) -> subprocess.Popen:
     code = CHILD.format(threads=torch.get_num_threads(), mode=mode, root=str(root), name=name, settings=SETTINGS)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}  # this checkout
     return subprocess.Popen(
         [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
