@@ -539,7 +539,11 @@ def _scale_lr(optimizer, scheduler, factor: float) -> None:
 def _probe(loss_model, accelerator, examples, padding: Padding, size: int) -> None:
     """One forward/backward on the `size` longest examples: the largest micro-batch training will see."""
     longest = sorted(examples, key=lambda e: -len(e.input_ids))[:size]
-    with accelerator.no_sync(loss_model):
+    # Under FSDP2 an unsynchronised backward leaves its unsharded gradient inside FSDP (not in
+    # p.grad), and it joined step 1's gradient: grad norm 1.67x the 1-process run on 2 CPU ranks
+    # (tests/train/test_fsdp.py). A synchronised one lands in p.grad, which is cleared below.
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    with contextlib.nullcontext() if fsdp else accelerator.no_sync(loss_model):
         loss, _ = loss_model(
             _batch(longest, padding, accelerator), normalizer=max(1, sum(_trained(e) for e in longest))
         )
@@ -848,6 +852,17 @@ def _base_loader(config: Config):
     return lambda: load_model(m.name_or_path, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
 
 
+def _export_model(session: _Session, run: _Attempt) -> Any:
+    """The model the best checkpoint is loaded into for export. Under FSDP (and ZeRO-3) the training
+    copy holds only this rank's shards (DTensors), which full checkpoint weights cannot be copied
+    into: the main process builds a fresh unsharded one (found by running FSDP on 2 CPU ranks)."""
+    if session.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return run.model
+    from tunesmith.models.adapters import prepare_model
+
+    return prepare_model(session.config, stop_token_ids=_stop_token_ids(session))
+
+
 def _finish(session: _Session, run: _Attempt, reason: str, merge: bool) -> TrainResult:
     """Export the best checkpoint to final/, draw the curves, print and write the summary."""
     config, accelerator, state = session.config, session.accelerator, run.state
@@ -861,7 +876,7 @@ def _finish(session: _Session, run: _Attempt, reason: str, merge: bool) -> Train
     if accelerator.is_main_process:
         if final is not None:
             merge_base = _base_loader(config) if merge else None
-            ckpt.export_final(best, run.model, session.tokenizer, final, merge_base=merge_base)
+            ckpt.export_final(best, _export_model(session, run), session.tokenizer, final, merge_base=merge_base)
         plot_loss(state.metrics, run_dir / PLOTS_DIR / LOSS_PLOT, best_step=guard.best_step)
         why = {
             COMPLETED: "completed all planned steps",
