@@ -8,7 +8,7 @@ import logging
 
 import typer
 
-from tunesmith.cli import data, demo, models, train
+from tunesmith.cli import data, demo, evaluate, models, train
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
 # kernel from the hub, even for runs that never quantize. QLoRA works without it (measured ~13%
@@ -18,6 +18,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n\n")[0])
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="model")
+app.add_typer(evaluate.app, name="eval")
 app.command("train")(train.train_command)
 app.command("demo")(demo.demo_command)
 
