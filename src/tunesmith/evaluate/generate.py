@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class Generation:
     text: str
     stopped: bool
     new_tokens: int  # generated tokens, the stop token included
+    token_ids: list[int] = field(default_factory=list, repr=False)  # the answer's tokens, stop token excluded
 
 
 def prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,7 +139,9 @@ def _result(tokens: list[int], stops: Sequence[int], tokenizer: Any) -> Generati
     end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
     answer = tokens if end is None else tokens[:end]
     text = tokenizer.decode(answer, skip_special_tokens=True)
-    return Generation(text=text.strip(), stopped=end is not None, new_tokens=len(tokens) if end is None else end + 1)
+    return Generation(
+        text=text.strip(), stopped=end is not None, new_tokens=len(tokens) if end is None else end + 1, token_ids=answer
+    )
 
 
 class _progress_bar:  # noqa: N801 - used as a context manager like a function
