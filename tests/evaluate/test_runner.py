@@ -14,7 +14,7 @@ from tunesmith.cli.main import app
 from tunesmith.config import Config, ConfigError, dump_config
 from tunesmith.evaluate import runner as runner_module
 from tunesmith.evaluate.generate import Generation, generate, load_for_generation
-from tunesmith.evaluate.runner import evaluate_run, print_examples
+from tunesmith.evaluate.runner import evaluate_run, headline, print_examples
 from tunesmith.examples.text2sql import generate_conversations, write_database
 from tunesmith.models.tiny import build_tiny_model
 from tunesmith.runs import CONFIG_FILE, DATA_DIR, EVAL_DIR, EVAL_SUMMARY_FILE, FINAL_DIR, SPLIT_DIR, write_jsonl
@@ -94,6 +94,11 @@ def test_scores_and_side_by_side_print(run_dir: Path, monkeypatch):
     assert "execution_accuracy" in text and "+1.000" in text
     print_examples(result, console, k=2)
     assert "look at the orders table" in console.export_text()
+    assert headline(result.summary) == [
+        "sql execution_success_rate: base 0/3 (0%) -> tuned 3/3 (100%)",
+        "sql execution_accuracy: base 0/3 (0%) -> tuned 3/3 (100%)",
+        "exact accuracy: base 0/3 (0%) -> tuned 3/3 (100%)",
+    ]
 
 
 def test_no_base_and_cli(run_dir: Path):
@@ -120,20 +125,30 @@ def test_missing_split_and_model_are_clear_errors(run_dir: Path, tmp_path: Path)
 
 
 def test_lora_adapter_final_loads_merged_on_its_base(run_dir: Path, tmp_path: Path):
-    from peft import LoraConfig, get_peft_model
+    # As training leaves it: LoRA on all linear layers plus trainable stop-token rows (peft's
+    # trainable tokens), saved with the tokenizer; the loader merges both into the base.
+    import torch
 
-    from tunesmith.config import GenerationConfig
+    from tunesmith.config import GenerationConfig, LoraConfig, TrainConfig
+    from tunesmith.evaluate.stops import stop_token_ids
+    from tunesmith.models.adapters import wrap_model
 
     base_dir = run_dir.parent.parent / "base"
     model, tokenizer = load_for_generation(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    peft_model = wrap_model(model, TrainConfig(method="lora"), LoraConfig(r=4), stop_token_ids=stops)
+    torch.manual_seed(0)
+    with torch.no_grad():  # an adapter that has learned something: random, non-zero updates
+        for name, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * (0.5 if "lora_" in name else 2.0))
     adapter = tmp_path / "final"
     peft_model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
     prompts = ["How many orders were shipped?", "Total revenue in 2023?"]
     config = GenerationConfig(max_new_tokens=6)
-    expected = [g.text for g in generate(peft_model, tokenizer, prompts, config, progress=False)]
+    expected = [g.token_ids for g in generate(peft_model, tokenizer, prompts, config, progress=False)]
     merged, merged_tokenizer = load_for_generation(adapter, base=base_dir)
-    assert [g.text for g in generate(merged, merged_tokenizer, prompts, config, progress=False)] == expected
-    plain = [g.text for g in generate(load_for_generation(base_dir)[0], tokenizer, prompts, config, progress=False)]
-    assert plain != expected  # the adapter changes the answers
+    assert [g.token_ids for g in generate(merged, merged_tokenizer, prompts, config, progress=False)] == expected
+    plain = generate(load_for_generation(base_dir)[0], tokenizer, prompts, config, progress=False)
+    assert [g.token_ids for g in plain] != expected  # the adapter changes the answers

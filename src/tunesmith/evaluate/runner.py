@@ -315,3 +315,44 @@ def print_examples(result: EvalResult, console: Console, k: int = 3) -> None:
             console.print(f"  base:      {escape(base[row['id']]['output'])}")
         console.print(f"  tuned:     {escape(row['output'])}")
         console.print(f"  reference: {escape(str(row['reference']))}")
+
+
+# The metric that answers "did it work" for each suite, in the order it is read.
+HEADLINE_METRICS = {
+    "sql": ("execution_success_rate", "execution_accuracy"),
+    "json": ("parse_rate", "schema_valid_rate", "field_accuracy"),
+    "code": ("pass_rate",),
+    "exact": ("accuracy",),
+    "regex": ("accuracy",),
+    "contains": ("accuracy",),
+}
+
+
+def headline(summary: dict[str, Any]) -> list[str]:
+    """One line per headline metric: 'sql execution_accuracy: base 0/40 (0%) -> tuned 17/40 (42%)'.
+    Rates are shown as counts of `n` too, so a reader sees how few examples a percentage rests on."""
+    models, n = summary["models"], summary["n"]
+    lines = []
+    for suite, tuned in models["tuned"]["scores"].items():
+        for metric in HEADLINE_METRICS.get(suite, ()):
+            if tuned.get(metric) is None:
+                continue
+            parts = [
+                f"{name} {_rate(models[name]['scores'][suite].get(metric), n)}"
+                for name in ("base", "tuned")
+                if name in models
+            ]
+            lines.append(f"{suite} {metric}: {' -> '.join(parts)}")
+    return lines
+
+
+def _rate(value: float | None, n: int) -> str:
+    if value is None:
+        return "-"
+    return f"{round(value * n)}/{n} ({value:.0%})"
+
+
+def print_headline(result: EvalResult, console: Console) -> None:
+    """The before/after numbers, last thing on the screen (the demo ends with these)."""
+    for line in headline(result.summary):
+        console.print(f"[bold]{escape(line)}[/]")
