@@ -70,6 +70,26 @@ def test_batched_equals_one_at_a_time(tiny: Path):
     assert all(b.new_tokens == 12 and not b.stopped for b in batched)  # random weights never stop
 
 
+def test_shared_system_prompt_is_prefilled_once_with_the_same_answers(tiny: Path, monkeypatch):
+    from tunesmith.evaluate import generate as generate_module
+
+    model, tokenizer = load_for_generation(tiny)
+    system = {
+        "role": "system",
+        "content": "Write one SQLite query. " + "SELECT name FROM products WHERE price > 10; " * 4,
+    }
+    prompts = [[system, {"role": "user", "content": p}] for p in PROMPTS if isinstance(p, str)]
+    prefills = []
+    real = generate_module._prefill
+    monkeypatch.setattr(generate_module, "_prefill", lambda *a: prefills.append(len(a[1])) or real(*a))
+    config = GenerationConfig(max_new_tokens=10, batch_size=3)  # 4 prompts: a batch of 3, then one alone
+    batched = generate(model, tokenizer, prompts, config, progress=False)
+    assert prefills and min(prefills) >= generate_module.MIN_SHARED_PREFIX  # the shared path ran
+    single = [generate(model, tokenizer, [p], config, progress=False)[0] for p in prompts]
+    assert [b.token_ids for b in batched] == [s.token_ids for s in single]
+    assert len(prefills) == 1  # one per batch of several rows; a batch of one needs none
+
+
 def test_stops_on_the_stop_token_and_reports_the_unstopped(tiny: Path):
     model, tokenizer = load_for_generation(tiny)
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
