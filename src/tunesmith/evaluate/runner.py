@@ -40,6 +40,7 @@ from tunesmith.runs import (
     DATA_DIR,
     EVAL_DIR,
     EVAL_SUMMARY_FILE,
+    FINAL_DIR,
     SPLIT_DIR,
     SPLIT_FILES,
     write_json,
@@ -199,7 +200,7 @@ def evaluate_run(
     eval_dir = run_dir / EVAL_DIR
     for name in ("tuned", "base") if ev.base else ("tuned",):
         model, tokenizer = load_tuned(run_dir, config) if name == "tuned" else load_base(config)
-        path = str(run_dir / "final") if name == "tuned" else config.model.name_or_path
+        path = str(run_dir / FINAL_DIR) if name == "tuned" else config.model.name_or_path
         outputs = generate(
             model, tokenizer, [e.prompt for e in examples], ev.generation, progress=progress, description=name
         )

@@ -13,7 +13,7 @@ unchanged whatever the model writes:
   `VACUUM INTO 'copy.sqlite'` and `ATTACH 'new.sqlite'` both create files on a `mode=ro` connection.
   A progress handler stops a query after `timeout_s` (a recursive CTE that never ends), and at most
   `max_rows` rows are fetched.
-- PostgreSQL (any SQLAlchemy URL): one statement only (extended protocol: `SELECT 1; COMMIT; DROP`
+- PostgreSQL (a `postgresql://` SQLAlchemy URL; other servers are untested): one statement only (extended protocol: `SELECT 1; COMMIT; DROP`
   is refused), sessions that default to read-only transactions, a read-only transaction with
   `statement_timeout`, always rolled back.
 
