@@ -28,11 +28,13 @@ from tunesmith.data.schema import DataError
 from tunesmith.evaluate.generate import (
     Generation,
     generate,
+    generate_vllm,
     load_base,
     load_tuned,
     prompt_messages,
     reference_answer,
     unstopped_finding,
+    vllm_usable,
 )
 from tunesmith.evaluate.suites import ScoreRow, get_suite
 from tunesmith.runs import (
@@ -199,13 +201,8 @@ def evaluate_run(
     rows: dict[str, list[dict[str, Any]]] = {}
     eval_dir = run_dir / EVAL_DIR
     for name in ("tuned", "base") if ev.base else ("tuned",):
-        model, tokenizer = load_tuned(run_dir, config) if name == "tuned" else load_base(config)
         path = str(run_dir / FINAL_DIR) if name == "tuned" else config.model.name_or_path
-        outputs = generate(
-            model, tokenizer, [e.prompt for e in examples], ev.generation, progress=progress, description=name
-        )
-        del model, tokenizer
-        gc.collect()
+        outputs = _answers(name, run_dir, config, [e.prompt for e in examples], ev, progress)
         per_row, summaries = score_rows([e.score_row(o.text) for e, o in zip(examples, outputs, strict=True)], suites)
         rows[name] = [_record(e, o, s) for e, o, s in zip(examples, outputs, per_row, strict=True)]
         models[name] = {"path": path, "unstopped": sum(not o.stopped for o in outputs), "scores": summaries}
@@ -229,6 +226,33 @@ def evaluate_run(
     result = EvalResult(eval_dir, summary, rows)
     print_summary(result, console)
     return result
+
+
+def _answers(
+    name: str, run_dir: Path, config: Config, prompts: list[Any], ev: EvalConfig, progress: bool
+) -> list[Generation]:
+    """One model's answers: vLLM where it is installed and a GPU is present, transformers otherwise."""
+    if vllm_usable():
+        return _answers_vllm(name, run_dir, config, prompts, ev)
+    model, tokenizer = load_tuned(run_dir, config) if name == "tuned" else load_base(config)
+    try:
+        return generate(model, tokenizer, prompts, ev.generation, progress=progress, description=name)
+    finally:
+        del model, tokenizer
+        gc.collect()
+
+
+def _answers_vllm(name: str, run_dir: Path, config: Config, prompts: list[Any], ev: EvalConfig) -> list[Generation]:
+    # Untested here (no GPU, no vLLM): an adapter in final/ is served on the base through LoRARequest.
+    from tunesmith.data.template import load_tokenizer
+
+    final = run_dir / FINAL_DIR
+    adapter = name == "tuned" and (final / "adapter_config.json").is_file()
+    model_dir = final if name == "tuned" and not adapter else Path(config.model.name_or_path)
+    tokenizer_dir = final if name == "tuned" else model_dir
+    chat_template = None if name == "tuned" else config.model.chat_template
+    tokenizer = load_tokenizer(tokenizer_dir, chat_template=chat_template)
+    return generate_vllm(model_dir, tokenizer, prompts, ev.generation, adapter_dir=final if adapter else None)
 
 
 def regression_hook(run_dir: Path, config: Config, console: Console) -> dict[str, Any] | None:
