@@ -106,6 +106,8 @@ def test_no_base_and_cli(run_dir: Path):
     assert out.exit_code == 0, out.output
     summary = json.loads((run_dir / EVAL_DIR / EVAL_SUMMARY_FILE).read_text())
     assert list(summary["models"]) == ["tuned"] and summary["n"] == 2 and summary["suites"] == ["exact"]
+    wrong = CliRunner().invoke(app, ["eval", str(run_dir), "--split", "train"])
+    assert wrong.exit_code == 2 and "split" in wrong.output
 
 
 def test_missing_split_and_model_are_clear_errors(run_dir: Path, tmp_path: Path):

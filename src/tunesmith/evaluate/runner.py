@@ -175,9 +175,8 @@ def evaluate_run(
                 f"{run_dir}: not a run directory (no {CONFIG_FILE}); give the directory `tunesmith train` wrote"
             )
         config = load_config(run_dir / CONFIG_FILE)
-    ev = config.eval.model_copy(
-        update={k: v for k, v in {"split": split, "base": base, "limit": limit}.items() if v is not None}
-    )
+    updates = {k: v for k, v in {"split": split, "base": base, "limit": limit}.items() if v is not None}
+    ev = EvalConfig.model_validate({**config.eval.model_dump(), **updates})  # validated: --split must be test or val
     suites = build_suites(ev)
     source = split_path(run_dir, config, ev.split)
     examples = read_examples(source, ev.limit)
