@@ -45,6 +45,7 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow  # builds the module's tiny models (~2 s idle, 10-15 s on the loaded 2-core machine)
 def test_files_and_summary(run_dir: Path):
     result = evaluate_run(run_dir, console=Console(file=io.StringIO()), progress=False)
     summary = json.loads((run_dir / EVAL_DIR / EVAL_SUMMARY_FILE).read_text())
@@ -126,6 +127,7 @@ def test_missing_split_and_model_are_clear_errors(run_dir: Path, tmp_path: Path)
         runner_module.read_examples(bad)
 
 
+@pytest.mark.slow
 def test_lora_adapter_final_loads_merged_on_its_base(run_dir: Path, tmp_path: Path):
     # As training leaves it: LoRA on all linear layers plus trainable stop-token rows (peft's
     # trainable tokens), saved with the tokenizer; the loader merges both into the base.
