@@ -58,7 +58,7 @@ def test_prompt_and_reference_from_a_conversation():
     assert prompt_messages(conversation[:2]) == conversation[:2]
 
 
-@pytest.mark.slow  # builds the module's tiny models (~2 s idle, 10-15 s on the loaded 2-core machine)
+@pytest.mark.slow  # first user of the module fixture: builds tiny models (10-15 s measured under load)
 def test_batched_equals_one_at_a_time(tiny: Path):
     model, tokenizer = load_for_generation(tiny)
     config = GenerationConfig(max_new_tokens=12, batch_size=4)

@@ -45,7 +45,7 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.slow  # builds the module's tiny models (~2 s idle, 10-15 s on the loaded 2-core machine)
+@pytest.mark.slow  # first user of the module fixture: builds tiny models (10-15 s measured under load)
 def test_files_and_summary(run_dir: Path):
     result = evaluate_run(run_dir, console=Console(file=io.StringIO()), progress=False)
     summary = json.loads((run_dir / EVAL_DIR / EVAL_SUMMARY_FILE).read_text())
