@@ -184,6 +184,15 @@ class SqlSuiteConfig(Section):
     """Rows fetched per query at most."""
 
 
+class CodeSuiteConfig(Section):
+    timeout_s: float = Field(10.0, gt=0)
+    """Wall-clock seconds per program (its tests included); a program that sleeps or loops forever fails."""
+    memory_mb: int = Field(512, gt=0)
+    """Address-space limit per program (RLIMIT_AS), in MiB."""
+    max_processes: int = Field(16, gt=0)
+    """Processes the sandbox user may run at once (RLIMIT_NPROC): a fork bomb stops here."""
+
+
 class JudgeConfig(Section):
     url: str | None = None
     """Base URL of an OpenAI-compatible endpoint (`.../v1`); the API key comes from the environment
@@ -220,6 +229,7 @@ class EvalConfig(Section):
     """The `sql` suite: where predicted and reference queries run."""
     json_schema: str | None = None
     """JSON Schema file the `json` suite validates outputs against."""
+    code: CodeSuiteConfig = Field(default_factory=CodeSuiteConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     """The `judge` suite: an LLM grading answers against a rubric."""
     regression: RegressionConfig = Field(default_factory=RegressionConfig)

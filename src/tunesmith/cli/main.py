@@ -11,7 +11,7 @@ import logging
 
 import typer
 
-from tunesmith.cli import compare, config, data, demo, models, plan, report, runs, train
+from tunesmith.cli import compare, config, data, demo, evaluate, models, plan, report, runs, train
 from tunesmith.cli.errors import TunesmithGroup
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
@@ -23,6 +23,7 @@ app = typer.Typer(cls=TunesmithGroup, no_args_is_help=True, add_completion=False
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="model")
 app.add_typer(config.app, name="config")
+app.add_typer(evaluate.app, name="eval")
 app.command("train")(train.train_command)
 app.command("demo")(demo.demo_command)
 app.command("compare")(compare.compare_command)
