@@ -8,7 +8,7 @@ import logging
 
 import typer
 
-from tunesmith.cli import data, demo, models, train
+from tunesmith.cli import data, demo, models, serve, train
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
 # kernel from the hub, even for runs that never quantize. QLoRA works without it (measured ~13%
@@ -20,6 +20,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="model")
 app.command("train")(train.train_command)
 app.command("demo")(demo.demo_command)
+app.command("serve")(serve.serve_command)
 
 if __name__ == "__main__":
     app()
