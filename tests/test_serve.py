@@ -105,6 +105,18 @@ def test_usage_finish_reason_and_errors(server):
         client.chat.completions.create(model="alpha", messages=[])
 
 
+def test_stop_strings_cut_the_answer(server):
+    _, client = server
+    full = _ask(client, "alpha")
+    stop = full.strip()[len(full.strip()) // 2 :][:2]
+    assert stop.strip(), full
+    reply = client.chat.completions.create(
+        model="alpha", messages=MESSAGES, max_tokens=TOKENS, temperature=0, stop=[stop]
+    )
+    assert reply.choices[0].message.content == full[: full.index(stop)]
+    assert reply.choices[0].finish_reason == "stop"
+
+
 def test_judge_survives_a_real_model_that_talks_junk(server):
     """The tiny model's verdicts are random tokens: every verdict must come back invalid, counted,
     after one retry each, with the model's usage counted, and nothing scored as zero."""

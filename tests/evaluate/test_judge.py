@@ -8,6 +8,7 @@ missing), and for pairwise rows `biased` (always says A) and `good` (picks the a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -34,10 +35,20 @@ class ScriptedJudge:
         self.requests: list[dict] = []
         self.auth: set[str] = set()
         self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.complete)
 
     async def complete(self, request: Request):
+        self.in_flight += 1  # one event loop: no lock needed between awaits
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.02)  # long enough for concurrent requests to overlap
+            return await self._complete(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _complete(self, request: Request):
         body = await request.json()
         with self.lock:
             self.requests.append(body)
@@ -104,6 +115,7 @@ def test_single_verdicts_retry_and_invalid_are_counted_not_dropped(judge_server)
         _row(5, "partial answer"),
     ]
     scores = suite.score(rows)
+    assert 2 <= script.max_in_flight <= 3  # concurrent, within the limit
     assert [s["valid"] for s in scores] == [True, True, False, True, True, False]
     assert scores[0]["scores"] == GOOD_SCORES and scores[0]["attempts"] == 1
     assert scores[1]["attempts"] == 2  # the retry told the judge why, and its second reply counted
