@@ -80,6 +80,17 @@ def test_each_model_name_answers_as_that_adapter_alone(server, models):
     assert answers[BASE_NAME] == _alone(base_dir) == _ask(client, str(base_dir))
 
 
+def test_concurrent_requests_for_different_adapters_do_not_mix(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, client = server
+    names = ["alpha", "beta", BASE_NAME, "beta", "alpha", BASE_NAME]
+    alone = {name: _ask(client, name) for name in set(names)}
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        answers = list(pool.map(lambda name: _ask(client, name), names))
+    assert answers == [alone[name] for name in names]
+
+
 def test_streaming_through_the_openai_client(server):
     _, client = server
     stream = client.chat.completions.create(

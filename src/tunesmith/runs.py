@@ -34,6 +34,7 @@ SPLIT_REPORT_FILE = "split_report.json"
 PLAN_FILE = "plan.json"
 EVAL_DIR = "eval"  # tuned.jsonl, base.jsonl, summary.json (see tunesmith.evaluate)
 EVAL_SUMMARY_FILE = "summary.json"
+EVAL_REGRESSION_FILE = "regression.json"  # in EVAL_DIR: regression_check's result (tunesmith.evaluate.regression)
 COMPARE_DIR = "compare"
 REPORT_FILE = "report.html"
 
