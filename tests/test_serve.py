@@ -165,6 +165,11 @@ def test_run_directory_serves_its_adapter_under_the_run_name(models, tmp_path):
     assert model_server.model_names() == [BASE_NAME, str(base_dir), "my-run"]
     answer = model_server.complete("my-run", MESSAGES).text
     assert answer == _alone(base_dir, adapters["alpha"])
+    full = tmp_path / "full-run"  # a full fine-tune: final/ is a whole model, served under the run's name
+    shutil.copytree(base_dir, full / FINAL_DIR)
+    config.name = "full-run"
+    write_text(full / CONFIG_FILE, dump_config(config))
+    assert ModelServer.load(full).model_names() == [BASE_NAME, str(full / FINAL_DIR), "full-run"]
     with pytest.raises(ServeError, match="base"):
         ModelServer.load(base_dir, {BASE_NAME: adapters["alpha"]})
     with pytest.raises(ServeError, match="adapter_config.json"):

@@ -137,7 +137,7 @@ class ModelServer:
         from tunesmith.data.template import load_tokenizer
         from tunesmith.models.load import load_model
 
-        base, tokenizer_source, chat_template, found = _resolve(model_or_run_dir)
+        base, tokenizer_source, chat_template, found, aliases = _resolve(model_or_run_dir)
         adapters = {**found, **(adapters or {})}
         for name, path in adapters.items():
             if name == BASE_NAME:
@@ -154,7 +154,7 @@ class ModelServer:
             for name in names[1:]:
                 model.load_adapter(str(adapters[name]), adapter_name=name)
         model.eval()
-        return cls(model, tokenizer, adapters=names, aliases=[str(base)], generation=generation)
+        return cls(model, tokenizer, adapters=names, aliases=[str(base), *aliases], generation=generation)
 
     def model_names(self) -> list[str]:
         return [BASE_NAME, *self.aliases, *self.adapters]
@@ -202,21 +202,23 @@ class ModelServer:
         return iter(streamer), finish
 
 
-def _resolve(model_or_run_dir: str | Path) -> tuple[str, str, str | None, dict[str, Path]]:
-    """(base model, tokenizer source, chat template override, adapters found) for a model or run dir."""
+def _resolve(model_or_run_dir: str | Path) -> tuple[str, str, str | None, dict[str, Path], list[str]]:
+    """(base model, tokenizer source, chat template override, adapters found, other names of the
+    base) for a model or a run directory."""
     from tunesmith.config import load_config
     from tunesmith.runs import CONFIG_FILE, FINAL_DIR
 
     path = Path(model_or_run_dir)
     if not (path / CONFIG_FILE).is_file():
-        return str(model_or_run_dir), str(model_or_run_dir), None, {}
+        return str(model_or_run_dir), str(model_or_run_dir), None, {}, []
     config = load_config(path / CONFIG_FILE)
     final = path / FINAL_DIR
     if not final.is_dir():
         raise ServeError(f"{path}: a run directory without {FINAL_DIR}/ (has training finished?)")
     if (final / ADAPTER_CONFIG_FILE).is_file():
-        return config.model.name_or_path, str(final), config.model.chat_template, {config.name: final}
-    return str(final), str(final), config.model.chat_template, {}  # a full fine-tune: the model itself
+        return config.model.name_or_path, str(final), config.model.chat_template, {config.name: final}, []
+    # A full fine-tune: final/ is the model itself, served as the base and under the run's name.
+    return str(final), str(final), config.model.chat_template, {}, [config.name]
 
 
 # --- HTTP ----------------------------------------------------------------------------------------------
