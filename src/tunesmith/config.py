@@ -171,10 +171,11 @@ class RegressionConfig(Section):
     """Compare base and tuned on general prompts unrelated to the task (catastrophic forgetting)."""
     prompts: str | None = None
     """Messages JSONL with reference answers; None: the set tunesmith ships."""
-    max_loss_increase: float = Field(0.10, gt=0)
+    max_loss_increase: float = Field(0.20, gt=0)
     """Flag possible catastrophic forgetting when the tuned model's mean loss on the references
-    exceeds the base model's by more than this fraction (0.10 = 10%) and the increase is
-    significant over the prompts. Why 10%: see tunesmith.evaluate.regression."""
+    exceeds the base model's by more than this fraction (0.20 = 20%) and the increase is
+    significant over the prompts. Why 20%: measured in bench/regression_threshold.py (a fine-tune
+    on the model's own text moved it up to +17%; an unrelated task +25%; an overtrained run +33%)."""
 
 
 class EvalConfig(Section):

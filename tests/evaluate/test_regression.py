@@ -81,7 +81,7 @@ def test_unchanged_model_is_not_flagged_and_damaged_one_is(tiny, subset):
 
     damaged = regression_check(_damaged(path), tokenizer, subset, base=base)
     assert damaged["base_loss"] == pytest.approx(same["base_loss"])
-    assert damaged["loss_change"] > 0.10 and damaged["p_value"] < 0.05
+    assert damaged["loss_change"] > subset.regression.max_loss_increase and damaged["p_value"] < 0.05
     assert damaged["flagged"] and "catastrophic forgetting" in damaged["findings"][0]
     assert set(damaged["by_category"]) == {"arithmetic", "facts", "writing", "format"}
     assert damaged["n"] == sum(c["n"] for c in damaged["by_category"].values()) == n
