@@ -62,8 +62,9 @@ DEFAULT_RUBRIC: dict[str, str] = {
 WINNERS = ("A", "B", "tie")
 
 
-class JudgeError(RuntimeError):
-    """The judge cannot be used at all (wrong URL, model or key): stop rather than mark every row."""
+class JudgeError(ConfigError):
+    """The judge cannot be used at all (wrong URL, model or key): stop rather than mark every row.
+    A ConfigError, so the CLI reports it as one (exit 2)."""
 
 
 def api_key() -> str | None:
