@@ -205,6 +205,16 @@ class JudgeConfig(Section):
     """Requests in flight at once."""
     max_retries: int = Field(3, ge=0)
     """Retries (with backoff) on 429 and 5xx answers."""
+    backoff_s: float = Field(1.0, ge=0)
+    """Wait before the first retry, doubled for each further one (a Retry-After header wins)."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Per request: a judge that hangs longer counts as a failed attempt (retried like a 5xx)."""
+    max_tokens: int = Field(512, gt=0)
+    """Tokens per verdict at most: room for a short rationale and the JSON object."""
+    price_input_per_mtok: float | None = Field(None, ge=0)
+    """USD per million prompt tokens, for the cost line of the summary; None: cost not reported."""
+    price_output_per_mtok: float | None = Field(None, ge=0)
+    """USD per million completion tokens; None: cost not reported."""
 
 
 class RegressionConfig(Section):
@@ -212,6 +222,11 @@ class RegressionConfig(Section):
     """Compare base and tuned on general prompts unrelated to the task (catastrophic forgetting)."""
     prompts: str | None = None
     """Messages JSONL with reference answers; None: the set tunesmith ships."""
+    max_loss_increase: float = Field(0.20, gt=0)
+    """Flag possible catastrophic forgetting when the tuned model's mean loss on the references
+    exceeds the base model's by more than this fraction (0.20 = 20%) and the increase is
+    significant over the prompts. Why 20%: measured in bench/regression_threshold.py (a fine-tune
+    on the model's own text moved it up to +17%; an unrelated task +25%; an overtrained run +33%)."""
 
 
 class EvalConfig(Section):

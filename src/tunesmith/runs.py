@@ -44,6 +44,7 @@ SPLIT_EMBED_CACHE = "embeddings-{tag}.npz"  # in the split directory: vectors by
 PLAN_FILE = "plan.json"
 EVAL_DIR = "eval"  # tuned.jsonl, base.jsonl, summary.json (see tunesmith.evaluate)
 EVAL_SUMMARY_FILE = "summary.json"
+EVAL_REGRESSION_FILE = "regression.json"  # in EVAL_DIR: regression_check's result (tunesmith.evaluate.regression)
 COMPARE_DIR = "compare"
 # In COMPARE_DIR (see tunesmith.compare): the blind sheet, its key apart from it, one votes file per reviewer.
 SHEET_FILE = "sheet.jsonl"

@@ -70,6 +70,9 @@ def test_files_and_summary(run_dir: Path):
     tuned = [json.loads(line)["output"] for line in (run_dir / EVAL_DIR / "tuned.jsonl").read_text().splitlines()]
     base = [json.loads(line)["output"] for line in (run_dir / EVAL_DIR / "base.jsonl").read_text().splitlines()]
     assert tuned != base  # two models were really run
+    regression = summary["regression"]  # on by default: general prompts, base vs tuned loss
+    assert regression["n"] >= 40 and regression["base_loss"] > 0 and regression["tuned_loss"] > 0
+    assert regression["base_loss"] != regression["tuned_loss"]  # two different models scored
 
 
 def test_scores_and_side_by_side_print(run_dir: Path, monkeypatch):

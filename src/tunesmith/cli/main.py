@@ -11,7 +11,7 @@ import logging
 
 import typer
 
-from tunesmith.cli import compare, config, data, demo, evaluate, models, plan, report, runs, train
+from tunesmith.cli import compare, config, data, demo, evaluate, models, plan, report, runs, serve, train
 from tunesmith.cli.errors import TunesmithGroup
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
@@ -33,6 +33,7 @@ app.command("report")(report.report_command)
 app.add_typer(runs.app, name="runs")
 app.command("plan")(plan.plan_command)
 app.command("advise")(plan.advise_command)
+app.command("serve")(serve.serve_command)
 
 if __name__ == "__main__":
     app()

@@ -255,10 +255,33 @@ def _answers_vllm(name: str, run_dir: Path, config: Config, prompts: list[Any], 
 
 
 def regression_hook(run_dir: Path, config: Config, console: Console) -> dict[str, Any] | None:
-    """Where the regression check plugs in (catastrophic forgetting on general prompts:
-    `tunesmith.evaluate.regression.regression_check`, built on another branch). Its result goes
-    into summary.json under `regression`; None leaves the key out. Today: not wired, returns None."""
-    return None
+    """The catastrophic-forgetting check (`tunesmith.evaluate.regression`): base and tuned compared on
+    general prompts unrelated to the task. Its result goes into summary.json under `regression`;
+    None (the check is off, `eval.regression.enabled: false`) leaves the key out."""
+    from tunesmith.evaluate.regression import regression_check
+
+    ev = config.eval
+    if not ev.regression.enabled:
+        return None
+    tuned, tokenizer = load_tuned(run_dir, config)
+    base, _ = load_base(config)
+    try:
+
+        def answers(model: Any, prompts: list[list[dict[str, Any]]]) -> list[str]:
+            return [g.text for g in generate(model, tokenizer, prompts, ev.generation, progress=False)]
+
+        result = regression_check(tuned, tokenizer, ev, base=base, generate=answers)
+    finally:
+        del tuned, base
+        gc.collect()
+    for finding in result["findings"]:
+        console.print(f"[yellow]{finding}[/]")
+    if not result["findings"]:
+        console.print(
+            f"regression check: general-prompt loss {result['base_loss']:.3f} -> {result['tuned_loss']:.3f} nats/token "
+            f"({result['loss_change']:+.1%}) on {result['n']} prompts: no sign of catastrophic forgetting"
+        )
+    return result
 
 
 def _record(example: Example, output: Generation, scores: dict[str, Any]) -> dict[str, Any]:
