@@ -36,6 +36,8 @@ EVAL_DIR = "eval"  # tuned.jsonl, base.jsonl, summary.json (see tunesmith.evalua
 EVAL_SUMMARY_FILE = "summary.json"
 COMPARE_DIR = "compare"
 REPORT_FILE = "report.html"
+# Written by `tunesmith model import` into the model directory: the GGUF source and its quantisation.
+IMPORT_INFO_FILE = "tunesmith_import.json"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -127,6 +127,9 @@ def load_tokenizer(
     template it was trained with; `inspect_tokenizer` reports it as `no_chat_template`."""
     from transformers import AutoTokenizer
 
+    from tunesmith.models.builtin import resolve_name
+
+    name_or_path = resolve_name(name_or_path)  # a built-in name (smollm2-135m-instruct) → its cached import
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     except OSError as e:
