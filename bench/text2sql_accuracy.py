@@ -107,7 +107,7 @@ def correct(db: Path, predicted: str, reference: str) -> tuple[bool, bool]:
 
 
 @torch.inference_mode()
-def generate(model: Any, tokenizer: Any, conversations: list[list[dict]], batch: int = 16, max_new: int = 160) -> list:
+def generate(model: Any, tokenizer: Any, conversations: list[list[dict]], batch: int = 16, max_new: int = 128) -> list:
     tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = [

@@ -90,21 +90,21 @@ def fetch(name: str, out_dir: str | Path) -> ImportedModel:
 
 
 def resolve(name: str, *, announce: bool = True) -> Path:
-    """The directory of built-in model `name` in the cache, imported there on first use. Two
-    processes importing at once both finish: each writes its own temporary directory, and the one
-    that renames second finds the first's complete directory and keeps it."""
+    """The directory of built-in model `name` in the cache, imported there on first use. A file
+    lock makes concurrent first uses (pytest workers, two demos) import once: the others wait for it."""
+    from filelock import FileLock  # a dependency of huggingface_hub, so always there with transformers
+
     target = cache_dir() / name
     if (target / "config.json").is_file():
         return target
     gguf = gguf_file(name)
-    if announce:
-        print(f"importing built-in model {name} from {gguf} into {target} (once; ~20 s)", flush=True)
-    try:
-        import_gguf(gguf, target)
-    except (GGUFImportError, OSError):
-        if (target / "config.json").is_file():  # another process got there first
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{name}.lock")):
+        if (target / "config.json").is_file():  # imported while we waited
             return target
-        raise
+        if announce:
+            print(f"importing built-in model {name} from {gguf} into {target} (once; ~20-40 s)", flush=True)
+        import_gguf(gguf, target)
     return target
 
 
