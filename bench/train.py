@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train.py                                  # small model, LoRA and full FT
     .venv/bin/python bench/train.py --models small,medium --examples 320
+    .venv/bin/python bench/train.py --models smollm2 --examples 128     # the real model (~1 hour on 2 cores)
     .venv/bin/python bench/train.py --methods lora --contenders trl-best,trl-rebalance,tunesmith
 
 For each model (`tunesmith.models.tiny` presets, built once and cached: `small` ~15.7M-parameter
@@ -100,6 +101,8 @@ TUNESMITH_PRECISION = {"tunesmith": "auto", "tunesmith-fp32": "fp32"}  # train.m
 CONTENDERS = (*TRL_VARIANTS, *TUNESMITH_PRECISION)
 DEFAULT_CONTENDERS = ("trl-default", "trl-default-bf16", "trl-best", "trl-best-bf16", "tunesmith")
 TRAIN_FILE, VAL_FILE, HELDOUT_FILE = "train.jsonl", "val.jsonl", "heldout.jsonl"
+TRAIN_FILE, POOL_FILE, HELDOUT_FILE = "train.jsonl", "tunesmith.jsonl", "heldout.jsonl"
+REAL_MODEL = "smollm2"  # --models smollm2: SmolLM2-135M-Instruct (134.5M), imported from its GGUF
 
 
 # ============================================================================ model and data
@@ -108,12 +111,39 @@ TRAIN_FILE, VAL_FILE, HELDOUT_FILE = "train.jsonl", "val.jsonl", "heldout.jsonl"
 def model_dir(preset: str) -> Path:
     """The preset's model directory under WORK, built on first use (random weights, seed 0)."""
     from tunesmith.examples.text2sql import example_texts
+
+    """The preset's model directory under WORK, built on first use (random weights, seed 0); for
+    `smollm2`, the real SmolLM2-135M-Instruct (see smollm2_dir)."""
     from tunesmith.models.tiny import build_tiny_model
 
     out = WORK / "models" / preset
+    if preset == REAL_MODEL:
+        return smollm2_dir(out)
     if not (out / "model.safetensors").is_file():
         print(f"building the {preset} model in {out} ...", flush=True)
         build_tiny_model(out, preset=preset, texts=example_texts())
+    return out
+
+
+def smollm2_dir(out: Path) -> Path:
+    """SmolLM2-135M-Instruct, imported once into the tunesmith cache, with its weights linked here and
+    its ChatML template swapped for the same ChatML with `{% generation %}` marks (the presets'),
+    which TRL's assistant_only_loss needs. Every contender gets this one template."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.builtin import resolve
+    from tunesmith.models.tiny import CHATML_TEMPLATE
+
+    if (out / "tokenizer.json").is_file():
+        return out
+    source = resolve("smollm2-135m-instruct")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        (out / name).unlink(missing_ok=True)
+        (out / name).symlink_to(source / name)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.save_pretrained(out)
     return out
 
 
@@ -524,7 +554,7 @@ def versions() -> dict[str, str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="small", help="comma-separated presets: small, medium")
+    p.add_argument("--models", default="small", help="comma-separated: small, medium (tiny presets), smollm2 (real)")
     p.add_argument("--methods", default="lora,full", help="comma-separated: lora, full")
     p.add_argument(
         "--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"comma-separated, from {', '.join(CONTENDERS)}"
@@ -542,7 +572,7 @@ def main() -> None:
     unknown = [
         *sorted(set(contenders) - set(CONTENDERS)),
         *sorted(set(methods) - set(LR)),
-        *sorted(set(models) - {"small", "medium"}),
+        *sorted(set(models) - {"small", "medium", REAL_MODEL}),
     ]
     if unknown:
         p.error(f"unknown names {unknown}")

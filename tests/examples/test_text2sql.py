@@ -228,11 +228,17 @@ def test_write_conversations_keeps_raw_lines_raw(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == '{"messages":[]}\n{"broken": \n'
 
 
-def test_example_config_validates_and_points_at_the_example() -> None:
+def test_example_configs_validate_and_point_at_the_example() -> None:
+    from tunesmith.models.builtin import BUILTIN_MODELS
+
     config = load_config(EXAMPLE_DIR / "config.yaml")
-    assert config.model.name_or_path == "examples/text2sql/tiny-model"
-    assert config.data.path == "examples/text2sql/conversations.jsonl"
-    assert (REPO / config.data.path).is_file()
+    assert config.model.name_or_path in BUILTIN_MODELS and config.train.method == "lora"
+    tiny = load_config(EXAMPLE_DIR / "config-tiny.yaml")
+    assert tiny.model.name_or_path == "examples/text2sql/tiny-model"
+    for c in (config, tiny):
+        assert c.data.path == "examples/text2sql/conversations.jsonl"
+        assert (REPO / c.data.path).is_file()
+    assert config.run_dir != tiny.run_dir
 
 
 @pytest.mark.slow

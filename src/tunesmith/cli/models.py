@@ -1,4 +1,5 @@
-"""`tunesmith model ...`: build local models for tests and demos, convert foreign checkpoints."""
+"""`tunesmith model ...`: build local models for tests and demos, convert foreign checkpoints, import GGUF
+files and the built-in real model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import typer
 
 from tunesmith.cli.errors import friendly_errors, readable_errors
 
-app = typer.Typer(no_args_is_help=True, help="Build tiny local models; convert llama2.c checkpoints.")
+app = typer.Typer(
+    no_args_is_help=True, help="Build tiny local models; import GGUF files and built-in models; convert llama2.c."
+)
 
 
 @app.command("tiny")
@@ -53,3 +56,30 @@ def convert_llama2c_command(checkpoint: Path, tokenizer: Path, out_dir: Path) ->
     with friendly_errors(), readable_errors(Llama2cFormatError):
         path = convert_llama2c(checkpoint, tokenizer, out_dir)
     typer.echo(f"wrote {path}")
+
+
+@app.command("import")
+def import_command(
+    src: Annotated[Path, typer.Argument(help="A .gguf file, or a directory holding exactly one.")],
+    out_dir: Annotated[Path, typer.Argument(help="The transformers directory to write (must not exist or be empty).")],
+) -> None:
+    """Import a GGUF file as a transformers model directory (float32 safetensors, config, tokenizer with
+    its chat template). The weights are dequantised: a fine-tune starts from the quantised values."""
+    from tunesmith.models.gguf import GGUFImportError, import_gguf
+
+    with friendly_errors(), readable_errors(GGUFImportError):
+        typer.echo(import_gguf(src, out_dir).summary())
+
+
+@app.command("fetch")
+def fetch_command(
+    name: Annotated[str, typer.Argument(help="A built-in model: smollm2-135m-instruct.")],
+    out_dir: Annotated[Path, typer.Argument(help="The transformers directory to write (must not exist or be empty).")],
+) -> None:
+    """Import a built-in model (shipped inside a PyPI package, nothing downloaded) into OUT_DIR. A config
+    can also name it directly (model.name_or_path: smollm2-135m-instruct): it is imported once into the cache."""
+    from tunesmith.models.builtin import fetch
+    from tunesmith.models.gguf import GGUFImportError
+
+    with friendly_errors(), readable_errors(GGUFImportError):
+        typer.echo(fetch(name, out_dir).summary())

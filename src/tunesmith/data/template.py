@@ -162,6 +162,9 @@ def load_tokenizer(
         source, offline = locate(name_or_path)
     except ModelLoadError as e:
         raise ModelLoadError(f"cannot load a tokenizer from {name_or_path!s}: {str(e).split(': ', 1)[-1]}") from None
+    from tunesmith.models.builtin import resolve_name
+
+    name_or_path = resolve_name(name_or_path)  # a built-in name (smollm2-135m-instruct) → its cached import
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=offline)
     except Exception as e:  # OSError, ValueError, KeyError...: transformers says "not a tokenizer" many ways

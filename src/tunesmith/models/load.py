@@ -70,12 +70,15 @@ def hub_reachable(timeout_s: float = 2.0) -> bool:
 
 
 def locate(name_or_path: str | Path) -> tuple[str, bool]:
-    """(what to pass to `from_pretrained`, whether to stay off the network). A local directory is
+    """(what to pass to `from_pretrained`, whether to stay off the network). A built-in name
+    (tunesmith.models.builtin) becomes its cached directory, imported on first use. A local directory is
     used as it is; a hub id goes to the hub when it answers, else to the local cache alone, and
     without either this raises at once (transformers would retry downloads for ~45 s)."""
     from huggingface_hub import try_to_load_from_cache
 
-    text = str(name_or_path)
+    from tunesmith.models.builtin import resolve_name
+
+    text = resolve_name(name_or_path)  # a built-in name (smollm2-135m-instruct) → its cached import
     path = Path(text).expanduser()
     if path.is_dir():
         return str(path), True
