@@ -245,6 +245,7 @@ class EvalConfig(Section):
     json_schema: str | None = None
     """JSON Schema file the `json` suite validates outputs against."""
     code: CodeSuiteConfig = Field(default_factory=CodeSuiteConfig)
+    """The `code` suite: the sandbox limits for running generated Python against its tests."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     """The `judge` suite: an LLM grading answers against a rubric."""
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
