@@ -69,6 +69,22 @@ def generate(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def stand_in_embed(texts, embedder, *, cache=None, batch_size=64, progress=False):
+    """Unit vectors from the sum of a fixed random vector per word: texts sharing words are close,
+    like a static embedding. Only for timing the rest of the stage at sizes the model is too slow for."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    vocab: dict[str, np.ndarray] = {}
+    out = np.zeros((len(texts), 384), dtype=np.float32)
+    for i, text in enumerate(texts):
+        for word in text.lower().split():
+            if word not in vocab:
+                vocab[word] = rng.normal(size=384).astype(np.float32)
+            out[i] += vocab[word]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
@@ -87,7 +103,16 @@ def main() -> None:
     ap.add_argument("--rows", type=int, action="append", help="rows to generate (repeatable); default 10000")
     ap.add_argument("--thresholds", action="store_true", help="print the labelled set's precision/recall table")
     ap.add_argument("--stratify-by", default="auto")
+    ap.add_argument(
+        "--stand-in-embeddings",
+        action="store_true",
+        help="replace the model by a bag-of-words random projection: times everything but its forward pass",
+    )
     args = ap.parse_args()
+    if args.stand_in_embeddings:
+        import tunesmith.split as split_module
+
+        split_module.embed = stand_in_embed
 
     from tunesmith.config import SplitConfig
     from tunesmith.runs import write_jsonl
@@ -122,7 +147,11 @@ def main() -> None:
             from tunesmith.split.embedding import cache_path, embed
 
             convs = [r.conversation for r in _read(src, "auto")]
-            emb = embed(_texts(convs, "user"), config.embedder, cache=cache_path(Path(tmp) / "out", config.embedder))
+            texts = _texts(convs, "user")
+            if args.stand_in_embeddings:
+                emb = stand_in_embed(texts, None)
+            else:
+                emb = embed(texts, config.embedder, cache=cache_path(Path(tmp) / "out", config.embedder))
             t0 = time.perf_counter()
             exact = similar_pairs(emb, config.similarity, exact_max=10**9)
             t_exact = time.perf_counter() - t0
