@@ -132,3 +132,22 @@ def test_a_validation_file_of_rewordings_is_caught_by_the_real_model(tmp_path: P
     assert result.leaked == len(PARAPHRASES)
     assert {e["id"] for e in result.nearest if e["leak"]} == {f"r{200 + i:04d}" for i in range(len(PARAPHRASES))}
     assert all(e["similarity"] >= 0.75 for e in result.nearest if e["leak"])
+
+
+def test_past_the_pair_budget_a_spanning_forest_keeps_the_same_groups(monkeypatch) -> None:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(1)
+    points = np.repeat(rng.normal(size=(40, 16)), 25, axis=0) + 0.05 * rng.normal(size=(1000, 16))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    full = embed_mod.similar_pairs(points, 0.95)
+    monkeypatch.setattr(embed_mod, "_MAX_PAIRS", 500)
+    cut = embed_mod.similar_pairs(points, 0.95)
+    assert len(full) > 5000 and len(cut) < 1000
+
+    def groups(pairs):
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(1000, 1000))
+        return connected_components(graph, directed=False)[1]
+
+    assert np.array_equal(groups(full), groups(cut))
