@@ -92,9 +92,10 @@ def test_the_default_threshold_holds_its_measured_figures_on_the_labelled_set(mo
     texts, _, _ = labelled_pairs()
     emb = embed_mod.embed(texts, embed_mod.DEFAULT_EMBEDDER)
     (at_default,) = measure(emb, [SplitConfig().similarity])
-    # Measured 0.80 precision / 0.38 recall for single pairs (bench/split.py prints the table);
-    # a regression in the embedder or the texts shows here first.
-    assert at_default.precision >= 0.7 and at_default.recall >= 0.3
+    # Measured at 0.70: pairs 0.74 precision / 0.52 recall, groups 0.65 / 0.62 (bench/split.py
+    # prints the table); a regression in the embedder or the texts shows here first.
+    assert at_default.precision >= 0.7 and at_default.recall >= 0.45
+    assert at_default.group_precision >= 0.6 and at_default.group_recall >= 0.55
     # Recall rises as the threshold falls, precision falls: the trade-off the default sits on.
     rows = measure(emb, [0.5, 0.75, 0.9])
     assert rows[0].recall > rows[1].recall > rows[2].recall
@@ -131,4 +132,23 @@ def test_a_validation_file_of_rewordings_is_caught_by_the_real_model(tmp_path: P
     result = check_leakage(train, write_rows(tmp_path / "val.jsonl", val_rows), SplitConfig())
     assert result.leaked == len(PARAPHRASES)
     assert {e["id"] for e in result.nearest if e["leak"]} == {f"r{200 + i:04d}" for i in range(len(PARAPHRASES))}
-    assert all(e["similarity"] >= 0.75 for e in result.nearest if e["leak"])
+    assert all(e["similarity"] >= SplitConfig().similarity for e in result.nearest if e["leak"])
+
+
+def test_past_the_pair_budget_a_spanning_forest_keeps_the_same_groups(monkeypatch) -> None:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(1)
+    points = np.repeat(rng.normal(size=(40, 16)), 25, axis=0) + 0.05 * rng.normal(size=(1000, 16))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    full = embed_mod.similar_pairs(points, 0.95)
+    monkeypatch.setattr(embed_mod, "_MAX_PAIRS", 500)
+    cut = embed_mod.similar_pairs(points, 0.95)
+    assert len(full) > 5000 and len(cut) < 1000
+
+    def groups(pairs):
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(1000, 1000))
+        return connected_components(graph, directed=False)[1]
+
+    assert np.array_equal(groups(full), groups(cut))

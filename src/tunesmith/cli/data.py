@@ -204,7 +204,7 @@ def split_command(
         str | None, typer.Option("--stratify-by", help="FIELD (dotted, e.g. metadata.category) | auto | none.")
     ] = None,
     similarity: Annotated[
-        float | None, typer.Option("--similarity", help="Cosine that makes two rows one group (default 0.75).")
+        float | None, typer.Option("--similarity", help="Cosine that makes two rows one group (default 0.70).")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the group order.")] = None,
     dedup: Annotated[

@@ -15,6 +15,7 @@ the user brings (`tunesmith data leakage`, and `train` with `data.val_path`).
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -223,7 +224,8 @@ def assign(label: np.ndarray, stratum: Sequence[str], val: float, test: float, s
 def _leak_rule(threshold: float, max_similarity: float | None) -> str:
     if max_similarity is None:  # no embedder: exact copies and MinHash near duplicates only
         return "are a copy or MinHash near duplicate of a train row"
-    return f"have a train row at cosine >= {threshold:g} or are a near copy of one (max cosine {max_similarity:.3f})"
+    shown = math.floor(max_similarity * 1000) / 1000  # 0.69996 must not print as 0.700 beside ">= 0.7"
+    return f"have a train row at cosine >= {threshold:g} or are a near copy of one (max cosine {shown:.3f})"
 
 
 @dataclass

@@ -28,9 +28,15 @@ from tunesmith.runs import atomic_open
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 NO_EMBEDDER = "none"  # MinHash (lexical) groups only: fast, but blind to paraphrases
 # Above this many rows, similar pairs come from a faiss IVF index instead of an exact all-pairs
-# product (bench/split.py measures both; see EXACT_MAX_ROWS's note there).
-EXACT_MAX_ROWS = 20_000
+# product. bench/split.py at 10k rows (under load): exact 3.6 s, faiss 8.2 s, faiss finding 100% of
+# the pairs. Exact grows as n^2, faiss with nprobe/nlist = 16/(4 sqrt n) as n^1.5: they cross near
+# 5x that size, and at 100k exact would take ~6 minutes.
+EXACT_MAX_ROWS = 50_000
 _BLOCK = 1024  # rows per block of the exact product: 1024 x 100k float32 = 400 MB at most
+# Templated data links millions of pairs (10k generated rows: 142k pairs; 100k: ~100x that). Above
+# this many, pairs held are cut to a spanning forest (<= n - 1 edges, the same groups), so memory
+# stays O(rows) whatever the data.
+_MAX_PAIRS = 2_000_000
 
 
 def resolve_embedder(name: str) -> str:
@@ -117,23 +123,53 @@ def embed(
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
+def spanning_forest(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Edges (first row of its group, row) with the same connected components as `pairs`."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    _, first = np.unique(label, return_index=True)
+    root, row = first[label], np.arange(n)
+    return np.stack([root[root != row], row[root != row]], axis=1).astype(np.int64)
+
+
+class _Pairs:
+    """Collects pairs; past _MAX_PAIRS, keeps only a spanning forest of them (same groups)."""
+
+    def __init__(self, n: int):
+        self.n, self.parts, self.count = n, [], 0
+
+    def add(self, pairs: np.ndarray) -> None:
+        self.parts.append(pairs.astype(np.int64))
+        self.count += len(pairs)
+        if self.count > _MAX_PAIRS:
+            self.parts = [spanning_forest(self.n, np.concatenate(self.parts))]
+            self.count = len(self.parts[0])
+
+    def result(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.empty((0, 2), dtype=np.int64)
+
+
 def similar_pairs(emb: np.ndarray, threshold: float, *, exact_max: int = EXACT_MAX_ROWS) -> np.ndarray:
-    """(k, 2) pairs (i < j) whose cosine reaches `threshold`: exact up to `exact_max` rows, above
-    that a faiss IVF range search (approximate: a pair split across index cells can be missed;
-    the leakage report, which is exact, counts what slipped through)."""
+    """(k, 2) pairs (i < j) whose cosine reaches `threshold` (beyond _MAX_PAIRS of them, a subset
+    with the same connected components): exact up to `exact_max` rows, above that a faiss IVF range
+    search (approximate: a pair split across index cells can be missed; the leakage report, which
+    is exact, counts what slipped through)."""
     n = len(emb)
     if n < 2:
         return np.empty((0, 2), dtype=np.int64)
     if n > exact_max:
         return _faiss_pairs(emb, threshold)
-    found = []
+    found = _Pairs(n)
     for lo in range(0, n, _BLOCK):
         sim = emb[lo : lo + _BLOCK] @ emb[lo:].T  # the upper triangle only: j >= lo
         i, j = np.nonzero(sim >= threshold)
         j = j + lo
         keep = j > i + lo
-        found.append(np.stack([i[keep] + lo, j[keep]], axis=1))
-    return np.concatenate(found).astype(np.int64)
+        found.add(np.stack([i[keep] + lo, j[keep]], axis=1))
+    return found.result()
 
 
 def _faiss_pairs(emb: np.ndarray, threshold: float) -> np.ndarray:
@@ -151,14 +187,13 @@ def _faiss_pairs(emb: np.ndarray, threshold: float) -> np.ndarray:
     # Near-duplicates sit close together, so they share a cell or a neighbouring one; 16 probes
     # of ~1,260 cells (100k rows) scan ~1.3% of the vectors per query.
     index.nprobe = 16
-    found = []
-    for lo in range(0, n, 8192):
-        lims, _, ids = index.range_search(np.ascontiguousarray(emb[lo : lo + 8192]), threshold)
+    found = _Pairs(n)
+    for lo in range(0, n, 2048):
+        lims, _, ids = index.range_search(np.ascontiguousarray(emb[lo : lo + 2048]), threshold)
         rows = np.repeat(np.arange(lo, lo + len(lims) - 1), np.diff(lims).astype(np.int64))
-        found.append(np.stack([rows, ids], axis=1))
-    pairs = np.concatenate(found).astype(np.int64)
-    pairs = np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1)
-    return np.unique(pairs, axis=0)
+        keep = ids > rows  # each pair once (both directions are found)
+        found.add(np.stack([rows[keep], ids[keep]], axis=1))
+    return found.result()
 
 
 def nearest(queries: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
