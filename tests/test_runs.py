@@ -174,3 +174,26 @@ def test_run_lock_takes_over_a_stale_lock_file(tmp_path: Path):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 999999999, "host": "elsewhere", "since": "yesterday"}))
     with run_lock(tmp_path):
         pass
+
+
+def test_changed_keys_names_what_a_resume_changed():
+    from tunesmith.runs import changed_keys
+
+    old = "name: a\ntrain:\n  lr: 0.001\n  epochs: 1\nlora:\n  r: 8\n"
+    new = "name: b\ntrain:\n  lr: 0.002\n  epochs: 1\n  seed: 3\nlora:\n  r: 8\n"
+    assert changed_keys(old, new) == ["name", "train.lr", "train.seed"]
+    assert changed_keys(old, old) == []
+
+
+def test_manifest_fingerprints_the_data(tmp_path):
+    import hashlib
+
+    from tunesmith.runs import build_manifest, sha256_file
+
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b'{"messages": []}\n' * 1000)
+    assert sha256_file(data) == hashlib.sha256(data.read_bytes()).hexdigest()
+    manifest = build_manifest("train", data_path=data, rows=1000, mixed_precision="fp32")
+    assert manifest["data"] == {"path": str(data), "sha256": sha256_file(data), "rows": 1000}
+    assert manifest["stage"] == "train" and manifest["hardware"]["mixed_precision"] == "fp32"
+    assert set(manifest["versions"]) >= {"python", "torch", "transformers", "peft", "accelerate"}

@@ -388,7 +388,7 @@ def load_config(
     `require_inputs=False` lets model and data stay unnamed (the `data` commands take the file
     from their argument and the tokenizer from --tokenizer)."""
     raw: dict[str, Any] = {}
-    where = "defaults"
+    where = "the command line (no config file)"
     if path is not None:
         where = str(path)
         try:

@@ -97,3 +97,10 @@ def test_clean_accounts_for_every_row(tmp_path: Path):
         (2, "exact_duplicate"),
         (3, "invalid_json"),
     ]
+
+
+def test_train_without_model_and_data_says_which_keys_are_missing(tmp_path: Path):
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 2, result.output
+    assert "model.name_or_path: required" in result.output and "data.path: required" in result.output
+    assert "Traceback" not in result.output

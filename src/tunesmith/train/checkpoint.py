@@ -357,7 +357,8 @@ def save_checkpoint(
     write_rank_files(staging, rank, optimizer_state=optimizer.state_dict() if sharded else None)
     gathered = None
     if sharded:  # a collective: every rank takes part, the main process gets the full tensors
-        gathered = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(wrapped).items()}
+        full = accelerator.get_state_dict(wrapped)  # None on other ranks under ZeRO-3
+        gathered = {k.removeprefix("model."): v for k, v in full.items()} if full is not None else None
     if main:
         write_main_files(
             staging,
@@ -490,7 +491,11 @@ def export_final(
     swapped in, so `final` is never half-written. `model` gets the best weights (training is over)."""
     from peft import PeftModel
 
-    apply_weights(model, load_checkpoint(best).weights)
+    if not is_complete(best):
+        raise FileNotFoundError(f"{best}: not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+    # The weights only: a sharded optimizer's files (DeepSpeed's hold its loss-scaler object) are
+    # not needed here, and are not loadable with weights_only=True.
+    apply_weights(model, load_file(best / WEIGHTS_FILE))
     staging = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
