@@ -121,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one shape per model and method")
     parser.add_argument("--gpu", action="store_true", help="measure torch.cuda.max_memory_allocated on a GPU")
+    parser.add_argument("--shapes", nargs="*", help="SEQxMB pairs, e.g. 512x4 (default: the grid's)")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -131,6 +132,8 @@ def main() -> None:
         print(json.dumps(child(model_dir, method, int(seq), int(micro), args.gpu)))
         return
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.shapes:
+        shapes = tuple(tuple(int(x) for x in shape.split("x")) for shape in args.shapes)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{'model':14} {'method':6} {'seq×mb':>8} {'estimate':>10} {'measured':>10} {'ratio':>6}")

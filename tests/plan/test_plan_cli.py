@@ -77,3 +77,35 @@ def test_unreadable_model_and_bad_flags_exit_2(tmp_path: Path):
     assert CliRunner().invoke(app, ["plan", "--model", str(d), "--method", "half"]).exit_code == 2
     assert CliRunner().invoke(app, ["plan", "--model", str(d), "--gpu", "Z80"]).exit_code == 2
     assert CliRunner().invoke(app, ["plan", "--model", str(d), "--gpu-memory", "lots"]).exit_code == 2
+
+
+def test_time_from_a_data_file_counts_tokens_with_the_models_tokenizer(tmp_path: Path):
+    from tunesmith.models.tiny import build_tiny_model
+
+    data = tmp_path / "data.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"what is {i} plus {i}?"},
+                {"role": "assistant", "content": str(2 * i)},
+            ]
+        }
+        for i in range(40)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = build_tiny_model(
+        tmp_path / "m",
+        texts=[m["content"] for r in rows for m in r["messages"]] * 5,
+        vocab_size=300,
+        hidden_size=32,
+        layers=1,
+        heads=2,
+        kv_heads=1,
+        intermediate_size=64,
+    )
+    result = CliRunner().invoke(app, ["plan", "--model", str(d), "--gpu", "T4", "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["data"]["rows"] == 40 and 0 < plan["data"]["trained_tokens"] < plan["data"]["tokens"]
+    assert plan["time"]["tokens_per_epoch"] == plan["data"]["tokens"] and plan["seq_len"] == plan["data"]["max_tokens"]
+    assert plan["weight_dtype"] == "float32" and plan["compute"] == "fp32"  # a T4 has no bf16

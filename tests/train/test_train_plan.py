@@ -44,3 +44,14 @@ def result_parameters(config) -> int:
 
     model = AutoModelForCausalLM.from_pretrained(config.model.name_or_path)
     return sum(p.numel() for p in model.parameters())
+
+
+def test_ranks_on_one_cpu_machine_plan_on_the_same_share(monkeypatch):
+    import tunesmith.plan.training as training
+
+    monkeypatch.setattr(training, "local_budget", lambda: ("cpu", 16_000_000_000, "CPU"))
+    monkeypatch.setattr(training, "_mem_available", lambda: 9_000_000_000)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert training._device_budget()[1] == 9_000_000_000  # one process: what is free now
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert training._device_budget()[1] == 8_000_000_000  # two: the total, halved, the same on both ranks

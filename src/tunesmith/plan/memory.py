@@ -21,6 +21,10 @@ What our trainer does, and so what is counted (bytes per term, one device):
   the trained rows and their gradient, and for full fine-tuning a fp32 head-gradient buffer.
   Model types outside its plain-head list go through the model's own forward: full-vocabulary
   logits for every position (the term that surprises people on 150k-256k vocabularies).
+- **quantize_transient** (QLoRA on CPU): the Linear weights pass through RAM in full precision
+  while they are quantised on load, and the process keeps those pages.
+- **allocator_retention** (CPU): freed temporaries whose pages glibc keeps, ~0.75x the saved
+  activations, less whatever the gradients reuse (bench/memory.py).
 - **overhead**: the CUDA context and allocator slack on a GPU; on CPU, the allocator and oneDNN's
   kernel cache. A fixed part plus a share of the rest, calibrated by bench/memory.py.
 """
@@ -53,8 +57,9 @@ PLAIN_HEAD = frozenset(
 # keeps some slack; on CPU, glibc's arenas and oneDNN's kernel cache (bench/memory.py).
 GPU_FIXED_OVERHEAD = 1 * GIB
 GPU_OVERHEAD_SHARE = 0.08
-CPU_FIXED_OVERHEAD = 0.07 * GB
+CPU_FIXED_OVERHEAD = 0.05 * GB
 CPU_OVERHEAD_SHARE = 0.05
+CPU_RETAINED_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,12 @@ def activation_bytes_per_token(shape: Shape, setup: Setup) -> float:
     if not shape.gated_mlp:  # GPT-2: one up projection and GELU instead of gate, up, SiLU, product
         i = i // 2
     frozen = setup.method != "full"
-    if setup.compute == "bf16" and setup.weight_dtype == "float32":
+    # bitsandbytes' 4-bit matmul is its own autograd function, outside autocast: with fp32 compute
+    # (model.dtype auto on CPU) it saves fp32 inputs and returns fp32, so QLoRA saves in fp32 there.
+    fp32_qlora = setup.method == "qlora" and setup.weight_dtype == "float32"
+    if fp32_qlora:
+        per_layer = 24 * h + 16 * i + 8 * kv
+    elif setup.compute == "bf16" and setup.weight_dtype == "float32":
         per_layer = (24 if frozen else 30) * h + 8 * i + 4 * kv
     elif setup.compute == "bf16" or setup.weight_dtype != "float32":
         # bf16 weights: no fp32 residual stream, everything saved in 2 bytes.
@@ -149,6 +159,10 @@ def estimate_memory(shape: Shape, setup: Setup) -> MemoryEstimate:
     else:
         terms["weights"] = n * wbytes
         quantized_linear = False
+    if quantized_linear and setup.device == "cpu":
+        # Quantising on load: the Linear weights pass through RAM in full precision and glibc keeps
+        # those pages for the process (bench/memory.py: RSS after loading ≈ this + the NF4 weights).
+        terms["quantize_transient"] = wbytes * counts.linear
     if setup.compute == "bf16" and setup.weight_dtype == "float32" and not quantized_linear:
         terms["autocast_copies"] = 2 * counts.linear
     if setup.method == "full":
@@ -173,6 +187,11 @@ def estimate_memory(shape: Shape, setup: Setup) -> MemoryEstimate:
     tokens = setup.micro_batch * setup.seq_len
     terms["activations"] = round(activation_bytes_per_token(shape, setup) * tokens)
     terms["logits"] = _logits_bytes(shape, setup, tokens)
+    if setup.device == "cpu":
+        # glibc keeps the pages of the step's freed temporaries (norm upcasts, autocast casts, the
+        # backward's activation gradients): ~0.75x the saved activations in bench/memory.py's
+        # LoRA/QLoRA runs. Full fine-tuning's gradients are allocated into those pages instead.
+        terms["allocator_retention"] = max(0, round(CPU_RETAINED_SHARE * terms["activations"]) - terms["gradients"])
     subtotal = sum(terms.values())
     if setup.device == "gpu":
         terms["overhead"] = round(GPU_FIXED_OVERHEAD + GPU_OVERHEAD_SHARE * subtotal)

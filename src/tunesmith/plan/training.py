@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ def _device_budget() -> tuple[str, int, str]:
     """This machine's budget for one process: GPU memory, or on CPU the RAM available now (the
     machine may be shared; the total would overcommit it)."""
     kind, total, where = local_budget()
+    # Every rank must choose the same micro-batch: the RAM available differs from moment to
+    # moment, so several processes plan on the total they share, divided among them.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if kind == "cpu" and world > 1:
+        return kind, total // world, f"CPU, {total / 1e9:.1f} GB RAM shared by {world} processes"
     if kind == "cpu":
         available = _mem_available()
         if available:
@@ -192,7 +198,7 @@ def training_plan(
     micro_batch: int,
     accumulation: int,
     precision: str,
-    weight_dtype: str,
+    weight_dtype: str | None,
     world: int,
     sharded: bool,
     stop_rows: int = 0,
@@ -209,7 +215,8 @@ def training_plan(
         seq_len=padded(max(lengths), config.train.pad_to_multiple_of),
         trained_fraction=trained_fraction,
         precision=precision,
-        weight_dtype=weight_dtype,
+        # None (QLoRA): the compute dtype the 4-bit layers were loaded with, as the loader resolved it.
+        weight_dtype=weight_dtype or _weight_dtype(config, device),
         device=device,
         shards=world if sharded else 1,
         stop_rows=stop_rows,

@@ -574,7 +574,7 @@ def _print_plan(session: _Session, run: _Attempt) -> None:
         micro_batch=layout.micro_batch,
         accumulation=layout.accumulation,
         precision=session.precision,
-        weight_dtype=_dtype_name(run.model) if config.train.method != "qlora" else "float32",
+        weight_dtype=_dtype_name(run.model) if config.train.method != "qlora" else None,
         world=layout.world,
         sharded=session.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
         stop_rows=len(_stop_token_ids(session)),
