@@ -12,6 +12,7 @@ import logging
 import typer
 
 from tunesmith.cli import compare, config, data, demo, models, report, runs, train
+from tunesmith.cli import run as run_cli
 from tunesmith.cli.errors import TunesmithGroup
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
@@ -30,6 +31,7 @@ app.command("review")(compare.review_command)
 app.command("unblind")(compare.unblind_command)
 app.command("report")(report.report_command)
 app.add_typer(runs.app, name="runs")
+app.command("run")(run_cli.run_command)
 
 if __name__ == "__main__":
     app()
