@@ -673,16 +673,14 @@ def run_pipeline(
                 console.print(f"[yellow]{stage.name} skipped: {escape(str(e))}[/]")
                 write_json(path, ledger)
                 continue
-            except ModuleNotFoundError as e:
-                if not _missing_module(e, stage.module):
-                    raise
-                reason = f"{e.name} is not installed in this tunesmith"
-                entry.update(status=UNAVAILABLE, reason=reason)
-                statuses[stage.name] = UNAVAILABLE
-                console.print(f"[yellow]{stage.name} unavailable: {escape(reason)}; going on without it[/]")
-                write_json(path, ledger)
-                continue
             except BaseException as e:
+                if isinstance(e, ModuleNotFoundError) and _missing_module(e, stage.module):
+                    reason = f"{e.name} is not installed in this tunesmith"
+                    entry.update(status=UNAVAILABLE, reason=reason)
+                    statuses[stage.name] = UNAVAILABLE
+                    console.print(f"[yellow]{stage.name} unavailable: {escape(reason)}; going on without it[/]")
+                    write_json(path, ledger)
+                    continue
                 interrupted = type(e).__name__ in ("TrainingInterrupted", "KeyboardInterrupt")
                 entry.update(
                     status=INTERRUPTED if interrupted else FAILED,
