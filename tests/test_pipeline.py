@@ -160,6 +160,20 @@ def test_every_stage_runs_in_order_and_writes_its_outputs(finished: Path):
 
 
 @pytest.mark.slow
+def test_the_last_screen_gives_the_numbers_before_and_after_and_what_to_do_next(finished: Path, root: Path):
+    config = copy_run(finished, root, "summary")
+    result = run_pipeline(config, stages=stages_with_stand_ins(), console=quiet(), progress=False)
+    screen = Console(record=True, width=200)
+    pipeline.print_summary(result, screen)
+    text = screen.export_text()
+    assert "exact.accuracy: base 0 → tuned 1" in text  # the stand-in eval: base answers nothing
+    best = json.loads((config.run_dir / "train_summary.json").read_text())["best_val_loss"]
+    assert f"best validation loss {best:.4f}" in text
+    assert f"report: {config.run_dir / REPORT_FILE}" in text and f"tunesmith review {config.run_dir}" in text
+    assert all(name in text for name in ORDER)
+
+
+@pytest.mark.slow
 def test_a_second_run_skips_what_is_done_and_reruns_what_changed(finished: Path, root: Path):
     config = copy_run(finished, root, "resume")
     metrics_before = (config.run_dir / METRICS_FILE).read_bytes()

@@ -266,7 +266,11 @@ def _check(ctx: Context) -> Outcome:
             "fix the data (or model.chat_template), add the codes to data.drop so clean drops those rows, "
             "or set pipeline.allow_blocking_data=true",
         )
-    return Outcome(verdict(report), {"rows": report.rows, "blocking": report.blocking, "counts": report.counts})
+    summary = verdict(report)
+    if report.blocking and not kept:  # verdict() speaks to someone about to train on the raw file
+        errors = [f for f in report.findings if f.severity is Severity.ERROR]
+        summary = f"{len(errors)} error finding(s), each on a row that `data clean` (next) drops"
+    return Outcome(summary, {"rows": report.rows, "blocking": report.blocking, "counts": report.counts})
 
 
 def _clean(ctx: Context) -> Outcome:
@@ -745,7 +749,9 @@ def headline_lines(run_dir: str | Path, limit: int = 6) -> list[str]:
     train = info.get("train") or {}
     if train.get("best_val_loss") is not None:
         lines.append(f"best validation loss {train['best_val_loss']:.4f} at step {train.get('best_step')}")
-    lines += [f"guard rail: {g}" for g in guard_rails(info)]
+    cleaned = (Path(run_dir) / DATA_DIR / CLEAN_FILE).is_file()
+    # The raw file's blocking findings are the report's business; here `clean` already dropped those rows.
+    lines += [f"guard rail: {g}" for g in guard_rails(info) if not (cleaned and g.startswith("data check:"))]
     return lines
 
 
