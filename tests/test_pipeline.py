@@ -367,6 +367,29 @@ def test_an_unacknowledged_licence_or_a_plan_that_does_not_fit_stops_at_the_plan
     assert calls == ["split"]  # the stages after plan never ran
 
 
+def test_catastrophic_forgetting_stops_at_the_eval_gate(root: Path, monkeypatch, tmp_path: Path):
+    """Our `_eval` against a stand-in for the evaluation branches' API (evaluate_run, headline, and
+    the regression check's `flagged` / `findings` in summary.json)."""
+    finding = "possible catastrophic forgetting: on 50 general prompts the tuned model's loss is +31.0%"
+
+    def evaluate_run(run_dir, *, config, console, progress):
+        summary = {"n": 4, "models": {}, "regression": {"flagged": True, "findings": [finding]}}
+        return types.SimpleNamespace(summary=summary)
+
+    fake_module(monkeypatch, "tunesmith.evaluate.runner", evaluate_run=evaluate_run, headline=lambda summary: [])
+    calls: list[str] = []
+    stages = only_data_stages(calls)
+    stages[5] = next(s for s in default_stages() if s.name == "eval")
+    config = config_for(root, "forgets", write_jsonl(tmp_path / "d.jsonl", data_rows()))
+    result = run_pipeline(config, stages=stages, console=quiet(), progress=False)
+    assert result.stopped.stage == "eval (regression)" and result.stopped.why.startswith(finding)
+    assert "pipeline.allow_regression=true" in result.stopped.override
+    assert calls == ["split", "plan", "train"]  # compare and report never ran
+    allowed = config.model_copy(update={"pipeline": config.pipeline.model_copy(update={"allow_regression": True})})
+    result = run_pipeline(allowed, stages=stages, console=quiet(), progress=False)
+    assert result.stopped is None and calls[-2:] == ["compare", "report"]
+
+
 # ---- the ledger and the lock -------------------------------------------------------------------------
 
 

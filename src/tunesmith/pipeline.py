@@ -336,7 +336,12 @@ def _split(ctx: Context) -> Outcome:
             progress=ctx.progress,
         )
     except SplitError as e:
-        raise GateFailed("split", str(e), "change split.val, split.test or split.similarity") from None
+        raise GateFailed(
+            "split",
+            str(e),
+            "as it says; or split.embedder=none to group only copies and MinHash near duplicates, "
+            "or lower split.val / split.test",
+        ) from None
     ctx.console.print(escape(result.summary()))
     held = result.counts["val"] + result.counts["test"]
     leaked = sum(result.leaks.values())
@@ -476,10 +481,11 @@ def _eval(ctx: Context) -> Outcome:
     lines = headline(result.summary)
     regression = result.summary.get("regression") or {}
     if regression.get("flagged") and not ctx.config.pipeline.allow_regression:
-        why = regression.get("message") or "; ".join(str(f) for f in regression.get("findings") or []) or "see eval"
+        # evaluate.regression's findings are whole sentences ("possible catastrophic forgetting: ...").
+        why = "; ".join(str(f) for f in regression.get("findings") or []) or "possible catastrophic forgetting"
         raise GateFailed(
             "eval (regression)",
-            f"possible catastrophic forgetting: {why} ({ctx.run_dir / EVAL_DIR / EVAL_SUMMARY_FILE})",
+            f"{why} (details: {ctx.run_dir / EVAL_DIR / EVAL_SUMMARY_FILE})",
             "lower train.lr, train.epochs or lora.r and run again with a new name=, "
             "or set pipeline.allow_regression=true to review it anyway",
         )
