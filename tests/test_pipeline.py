@@ -188,6 +188,17 @@ def test_a_second_run_skips_what_is_done_and_reruns_what_changed(finished: Path,
     assert statuses(third) == [REUSED] * 6 + [DONE, DONE]
     assert len(read_jsonl(config.run_dir / COMPARE_DIR / SHEET_FILE)) == 2
 
+    # People voted on that sheet; a sheet built from other outputs would orphan their votes: a gate.
+    from tunesmith.compare.votes import cast_vote
+
+    sheet = read_jsonl(config.run_dir / COMPARE_DIR / SHEET_FILE)
+    items = {row["item"] for row in sheet}
+    cast_vote(config.run_dir, "ann", sheet[0]["item"], "A", items=items, sheet_id=sheet[0]["sheet_id"])
+    more = fewer.model_copy(update={"compare": config.compare.model_copy(update={"n": 3})})
+    voted = run_pipeline(more, stages=stages_with_stand_ins(), console=quiet(), progress=False)
+    assert voted.stopped.stage == "compare" and "--force" in voted.stopped.override
+    assert len(read_jsonl(config.run_dir / COMPARE_DIR / SHEET_FILE)) == 2  # the voted sheet is untouched
+
     # The data changed: check and clean run again; the finished training is not silently reused
     # on other data, nor thrown away: the run stops and says how to go on.
     data = Path(config.data.path)

@@ -59,6 +59,7 @@ from tunesmith.runs import (
     SUMMARY_FILE,
     SUPERSEDED_DIR,
     TENSORBOARD_DIR,
+    VOTES_DIR,
     run_lock,
     sha256_file,
     write_json,
@@ -503,13 +504,25 @@ def _compare_inputs(ctx: Context) -> dict[str, Any]:
 
 def _compare(ctx: Context) -> Outcome:
     from tunesmith.compare import build_sheet
-    from tunesmith.compare.sheet import EVAL_FILES
+    from tunesmith.compare.sheet import EVAL_FILES, CompareError
 
     missing = [f for f in EVAL_FILES.values() if not (ctx.run_dir / EVAL_DIR / f).is_file()]
     if missing:
         raise StageSkipped(f"no {' or '.join(missing)} in {ctx.run_dir / EVAL_DIR}: nothing to put side by side")
     c = ctx.config.compare
-    sheet = build_sheet(ctx.run_dir, against="base", n=c.n, seed=c.seed, stratify_by=c.stratify_by)
+    votes = ctx.run_dir / COMPARE_DIR / VOTES_DIR
+    try:
+        sheet = build_sheet(ctx.run_dir, against="base", n=c.n, seed=c.seed, stratify_by=c.stratify_by)
+    except CompareError as e:
+        if not (votes.is_dir() and any(votes.iterdir())):
+            raise
+        # A new sheet would orphan the votes people cast on the old one: theirs to decide, not ours.
+        raise GateFailed(
+            "compare",
+            str(e),
+            f"count the votes with `tunesmith unblind {ctx.run_dir}`, then `tunesmith compare {ctx.run_dir} --force` "
+            "(the old votes are moved aside) and run again",
+        ) from None
     return Outcome(f"{sheet.items} prompts, tuned vs {sheet.against}, blind, in {sheet.dir}", {"items": sheet.items})
 
 
