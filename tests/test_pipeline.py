@@ -79,9 +79,10 @@ def stand_in_plan(ctx: pipeline.Context) -> Outcome:
 
 
 def stand_in_eval(ctx: pipeline.Context) -> Outcome:
-    """Stands in for tunesmith.evaluate.runner: the held-out rows answered by 'tuned' with the
-    reference and by 'base' with nothing; eval/ in evaluate_run's layout."""
-    rows = read_jsonl(ctx.split_dir / SPLIT_FILES["test"])
+    """Stands in for tunesmith.evaluate.runner: the last 6 clean rows (the stand-in split's test set)
+    answered by 'tuned' with the reference and by 'base' with nothing; eval/ in evaluate_run's layout.
+    (Read from clean.jsonl: a trainer that splits by itself rewrites the split's files.)"""
+    rows = read_jsonl(ctx.clean_path)[-6:]
     (ctx.run_dir / EVAL_DIR).mkdir(exist_ok=True)
     models = {}
     for name in ("tuned", "base"):
@@ -96,9 +97,16 @@ def stand_in_eval(ctx: pipeline.Context) -> Outcome:
     return Outcome("exact accuracy: base 0 → tuned 1", {})
 
 
+def stand_in_plan_inputs(ctx: pipeline.Context) -> dict:
+    # The real plan reads the split's train file; a trainer that splits by itself rewrites that file
+    # after the stand-in split wrote it, so the stand-in plan fingerprints the clean file instead.
+    return {"clean": pipeline.file_fingerprint(ctx.clean_path), "train": ctx.config.train.model_dump(mode="json")}
+
+
 def stages_with_stand_ins(**more) -> list[Stage]:
     run = {"split": stand_in_split, "plan": stand_in_plan, "eval": stand_in_eval, **more}
-    return [dataclasses.replace(s, run=run[s.name]) if s.name in run else s for s in default_stages()]
+    stages = [dataclasses.replace(s, run=run[s.name]) if s.name in run else s for s in default_stages()]
+    return [dataclasses.replace(s, inputs=stand_in_plan_inputs) if s.name == "plan" else s for s in stages]
 
 
 def config_for(root: Path, name: str, data: Path | None = None, *overrides: str):
