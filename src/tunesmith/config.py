@@ -310,6 +310,28 @@ class SplitConfig(Section):
         return self
 
 
+class PipelineConfig(Section):
+    """The gates of `tunesmith run` that belong to no single stage (each stage's own gates live in its
+    section: split.max_leak_fraction, model.license_acknowledged, the training guard rails)."""
+
+    max_reject_fraction: float = Field(0.5, ge=0, le=1)
+    """Stop after `data clean` when it rejects more than this share of the rows: a file that loses
+    half its rows is usually in the wrong format or templated wrongly, and training on the rest
+    would hide that. 1: never stop here."""
+    allow_blocking_data: bool = False
+    """Go on when `data check` finds errors that `data clean` will not remove (a file-level problem
+    such as a tokenizer without a chat template, or error codes left out of data.drop)."""
+    allow_unfit: bool = False
+    """Train even when the plan says the job does not fit this machine's memory (the trainer's
+    out-of-memory fallback still halves the micro-batch)."""
+    allow_regression: bool = False
+    """Go on to the blind sheet and the report when evaluation flags catastrophic forgetting."""
+    retrain: bool = False
+    """A finished training whose inputs (data, model, lora/train settings) changed: move its outputs
+    aside into RUN_DIR/superseded/ and train again. Without it the run stops and says so (a new
+    `name=` keeps both runs comparable with `tunesmith runs diff`)."""
+
+
 class Config(Section):
     name: str = "run"
     """The run's name: everything it writes goes to `runs_dir/name/`."""
@@ -329,6 +351,8 @@ class Config(Section):
     """Evaluation after training."""
     compare: CompareConfig = Field(default_factory=CompareConfig)
     """The blind side-by-side review of base and tuned outputs."""
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    """`tunesmith run`: the whole pipeline's own gates."""
 
     @model_validator(mode="after")
     def _names_model_and_data(self, info: ValidationInfo) -> Config:

@@ -58,6 +58,8 @@ REPORT_FILE = "report.html"
 LOCK_FILE = ".lock"  # held (flock) by the process writing the run directory; says who it is
 # Written by `tunesmith model import` into the model directory: the GGUF source and its quantisation.
 IMPORT_INFO_FILE = "tunesmith_import.json"
+PIPELINE_FILE = "pipeline.json"  # `tunesmith run`'s stage ledger: what ran, on which inputs, how it ended
+SUPERSEDED_DIR = "superseded"  # `tunesmith run` moves a retrained run's old training outputs here
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -243,6 +245,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_HELD: set[str] = set()  # run directories whose lock this process holds (resolved paths)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path, stage: str = "train") -> Iterator[Path]:
     """Hold an exclusive lock on a run directory while a stage writes into it.
@@ -257,9 +262,16 @@ def run_lock(run_dir: str | Path, stage: str = "train") -> Iterator[Path]:
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        held = str(run_dir.resolve())
+        fd = -1 if held in _HELD else os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     except OSError as e:
         raise RunError(f"{run_dir}: cannot create the run directory's lock file: {e.strerror}") from None
+    if fd == -1:
+        # Re-entered by the process already holding it (`tunesmith run` holds the lock for the whole
+        # pipeline and calls train(), which locks too): flock refuses a second open file of the same
+        # lock even within one process.
+        yield run_dir / LOCK_FILE
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -273,9 +285,11 @@ def run_lock(run_dir: str | Path, stage: str = "train") -> Iterator[Path]:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        _HELD.add(held)
         try:
             yield run_dir / LOCK_FILE
         finally:
+            _HELD.discard(held)
             if (run_dir / LOCK_FILE).exists():
                 os.ftruncate(fd, 0)  # released: nobody holds it (the file itself stays, harmlessly)
     finally:

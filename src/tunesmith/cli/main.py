@@ -12,6 +12,7 @@ import logging
 import typer
 
 from tunesmith.cli import compare, config, data, demo, evaluate, models, plan, report, runs, serve, train
+from tunesmith.cli import run as run_cli
 from tunesmith.cli.errors import TunesmithGroup
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
@@ -34,6 +35,7 @@ app.add_typer(runs.app, name="runs")
 app.command("plan")(plan.plan_command)
 app.command("advise")(plan.advise_command)
 app.command("serve")(serve.serve_command)
+app.command("run")(run_cli.run_command)
 
 if __name__ == "__main__":
     app()
