@@ -16,8 +16,9 @@ def demo_command(
         ),
     ] = False,
 ) -> None:
-    """Run the built-in example end to end: check and clean the data, then fine-tune SmolLM2-135M-Instruct
-    with LoRA and show answers to held-out questions before and after (or, with --tiny, train a tiny model)."""
+    """The whole pipeline (`tunesmith run`) on the built-in example: check, clean, split, plan, LoRA on
+    SmolLM2-135M-Instruct, evaluate base vs tuned on held-out questions, blind sheet, report; ends with
+    the before/after numbers. --tiny: the same on a tiny random-weight model."""
     from tunesmith.demo import run_demo
 
     run_demo(train=train, tiny=tiny)
