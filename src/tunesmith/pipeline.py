@@ -60,6 +60,7 @@ from tunesmith.runs import (
     SUPERSEDED_DIR,
     TENSORBOARD_DIR,
     VOTES_DIR,
+    flatten,
     run_lock,
     sha256_file,
     write_json,
@@ -205,17 +206,8 @@ def fingerprint(inputs: dict[str, Any]) -> str:
 
 def changed_inputs(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """Dotted names of the inputs that differ (`data_sha256`, `train.lr`, ...)."""
-    a, b = _flatten(old or {}), _flatten(new)
+    a, b = flatten(old or {}), flatten(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): obj}
 
 
 # ============================================================================ the stages

@@ -168,6 +168,17 @@ def build_manifest(
     }
 
 
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys ({"train": {"lr": 1}} -> {"train.lr": 1}), for
+    diffs of configs, ledgers and results."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
 def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
     """`section.key` names whose values differ between two saved configs (CONFIG_FILE texts);
     top-level scalars by their own name. For the warning a resume with a changed config prints."""

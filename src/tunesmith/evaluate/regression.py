@@ -31,7 +31,6 @@ measured: a forward pass of SmolLM2-135M took ~20 s on the loaded 2-core machine
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -42,6 +41,7 @@ import torch
 
 from tunesmith.config import EvalConfig
 from tunesmith.data.schema import Conversation, DataError, Source
+from tunesmith.evaluate.jsonl import json_objects
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "regression_prompts.jsonl"
 SIGNIFICANCE = 0.05  # one-sided p-value below which a change is more than prompt-to-prompt noise
@@ -55,14 +55,8 @@ def load_prompts(path: str | Path | None = None) -> list[Conversation]:
     if not path.is_file():
         raise DataError(path, "no such file (eval.regression.prompts: a messages JSONL with reference answers)")
     rows: list[Conversation] = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"not JSON: {e.msg}", row=line_no) from None
-        messages = row.get("messages") if isinstance(row, dict) else None
+    for line_no, row in json_objects(path):
+        messages = row.get("messages")
         if (
             not isinstance(messages, list)
             or len(messages) < 2

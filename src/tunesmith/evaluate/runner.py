@@ -13,7 +13,6 @@ turn (the prompt); that turn is the reference. Writes, atomically, `RUN_DIR/eval
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from tunesmith.evaluate.generate import (
     unstopped_finding,
     vllm_usable,
 )
+from tunesmith.evaluate.jsonl import json_objects
 from tunesmith.evaluate.suites import ScoreRow, get_suite
 from tunesmith.runs import (
     CONFIG_FILE,
@@ -103,24 +103,17 @@ def split_path(run_dir: str | Path, config: Config, split: str) -> Path:
 def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     """Messages JSONL rows as Examples; DataError with file:line for a row that cannot be one."""
     examples: list[Example] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"not valid JSON ({e.msg})", row=line_no) from None
-            messages = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise DataError(path, "expected an object with a `messages` list (OpenAI format)", row=line_no)
-            prompt = prompt_messages(messages)
-            if not prompt:
-                raise DataError(path, "nothing to answer: the conversation starts with the assistant", row=line_no)
-            metadata = {k: v for k, v in row.items() if k not in _ROW_FORMAT_KEYS}
-            examples.append(Example(str(row.get("id", line_no)), prompt, reference_answer(messages), metadata))
-            if limit is not None and len(examples) >= limit:
-                break
+    for line_no, row in json_objects(path):
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DataError(path, "expected an object with a `messages` list (OpenAI format)", row=line_no)
+        prompt = prompt_messages(messages)
+        if not prompt:
+            raise DataError(path, "nothing to answer: the conversation starts with the assistant", row=line_no)
+        metadata = {k: v for k, v in row.items() if k not in _ROW_FORMAT_KEYS}
+        examples.append(Example(str(row.get("id", line_no)), prompt, reference_answer(messages), metadata))
+        if limit is not None and len(examples) >= limit:
+            break
     return examples
 
 

@@ -8,13 +8,13 @@ row's database), `id`; any other field is kept and handed to the suite (the `cod
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import EvalConfig
 from tunesmith.data.schema import DataError
+from tunesmith.evaluate.jsonl import json_objects
 from tunesmith.evaluate.runner import build_suites, score_rows
 from tunesmith.evaluate.suites import ScoreRow
 from tunesmith.runs import write_jsonl
@@ -30,41 +30,27 @@ class ScoreFileResult:
 
 def read_predictions(path: str | Path) -> list[tuple[dict[str, Any], ScoreRow]]:
     """(raw row, ScoreRow) per line; DataError with file:line for anything unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "no such file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"not valid JSON ({e.msg})", row=line_no) from None
-            if not isinstance(row, dict):
-                raise DataError(path, "expected a JSON object per line", row=line_no)
-            for key in ("prediction", "reference", "baseline", "db"):
-                value = row.get(key)
-                if value is not None and not isinstance(value, str):
-                    raise DataError(path, f"`{key}` must be a string, not {type(value).__name__}", row=line_no)
-            if "prediction" not in row:
-                raise DataError(path, "no `prediction` field (the output to score)", row=line_no)
-            prompt = row.get("prompt", "")
-            if not isinstance(prompt, str) and not (
-                isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)
-            ):
-                raise DataError(path, "`prompt` must be text or a list of OpenAI messages", row=line_no)
-            score_row = ScoreRow(
-                id=str(row.get("id", line_no)),
-                prompt=prompt,
-                prediction=row["prediction"] or "",
-                reference=row.get("reference"),
-                baseline=row.get("baseline"),
-                db=row.get("db"),
-                extra={k: v for k, v in row.items() if k not in _KNOWN},
-            )
-            out.append((row, score_row))
+    for line_no, row in json_objects(path):
+        for key in ("prediction", "reference", "baseline", "db"):
+            value = row.get(key)
+            if value is not None and not isinstance(value, str):
+                raise DataError(path, f"`{key}` must be a string, not {type(value).__name__}", row=line_no)
+        if "prediction" not in row:
+            raise DataError(path, "no `prediction` field (the output to score)", row=line_no)
+        prompt = row.get("prompt", "")
+        if not isinstance(prompt, str) and not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
+            raise DataError(path, "`prompt` must be text or a list of OpenAI messages", row=line_no)
+        score_row = ScoreRow(
+            id=str(row.get("id", line_no)),
+            prompt=prompt,
+            prediction=row["prediction"] or "",
+            reference=row.get("reference"),
+            baseline=row.get("baseline"),
+            db=row.get("db"),
+            extra={k: v for k, v in row.items() if k not in _KNOWN},
+        )
+        out.append((row, score_row))
     if not out:
         raise DataError(path, "no rows to score")
     return out

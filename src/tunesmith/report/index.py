@@ -13,7 +13,7 @@ from typing import Any
 
 from tunesmith.compare.sheet import CompareError
 from tunesmith.report.collect import collect, guard_rails, key_metrics
-from tunesmith.runs import CONFIG_FILE, EVAL_DIR, EVAL_SUMMARY_FILE, MANIFEST_FILE
+from tunesmith.runs import CONFIG_FILE, EVAL_DIR, EVAL_SUMMARY_FILE, MANIFEST_FILE, flatten
 
 _MARKERS = (CONFIG_FILE, MANIFEST_FILE, f"{EVAL_DIR}/{EVAL_SUMMARY_FILE}")
 
@@ -72,15 +72,6 @@ def show_run(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): obj}
-
-
 @dataclass
 class RunDiff:
     a: str
@@ -94,7 +85,7 @@ def diff_runs(a: Path, b: Path) -> RunDiff:
     """What differs between two runs: config keys, data fingerprint, and every key metric."""
     ia, ib = collect(a), collect(b)
     out = RunDiff(ia["run"], ib["run"])
-    ca, cb = _flatten(ia.get("config") or {}), _flatten(ib.get("config") or {})
+    ca, cb = flatten(ia.get("config") or {}), flatten(ib.get("config") or {})
     # The run's own name and directory always differ; they are not a change worth reading.
     ignore = {"name", "runs_dir"}
     out.config = [
