@@ -96,6 +96,14 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+def write_png(path: str | Path, figure: Any) -> Path:
+    """A matplotlib figure as a PNG, laid out tight and written atomically (the caller closes it)."""
+    figure.tight_layout()
+    with atomic_open(path, "wb", encoding=None) as f:
+        figure.savefig(f, format="png")
+    return Path(path)
+
+
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Write one JSON object per line; returns the number of rows written."""
     n = 0

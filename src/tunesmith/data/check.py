@@ -26,7 +26,7 @@ from tunesmith.data.prepare import DataSettings, fit_rows
 from tunesmith.data.quality import quality_findings
 from tunesmith.data.schema import CODES, Finding, Row, Severity, Source
 from tunesmith.data.validate import read_rows
-from tunesmith.runs import LENGTHS_PLOT_FILE, atomic_open
+from tunesmith.runs import LENGTHS_PLOT_FILE, write_png
 
 
 class CheckSettings(DataSettings, Protocol):
@@ -195,9 +195,7 @@ def plot_lengths(lengths: Lengths, max_seq_len: int, path: str | Path, title: st
         ax.set_ylabel("examples")
         ax.set_title(f"{title}  ({len(t)} examples, {over} over max_seq_len)".strip())
         ax.legend()
-        fig.tight_layout()
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png")
+        write_png(path, fig)
     finally:
         plt.close(fig)
     return Path(path)

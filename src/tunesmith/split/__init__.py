@@ -451,7 +451,7 @@ def _plot(near: list[_Near], threshold: float, path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tunesmith.runs import atomic_open
+    from tunesmith.runs import write_png
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     try:
@@ -464,9 +464,7 @@ def _plot(near: list[_Near], threshold: float, path: Path) -> str:
         ax.set_ylabel("rows")
         ax.set_title("How close is each held-out row to the training set?")
         ax.legend()
-        fig.tight_layout()
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png")
+        write_png(path, fig)
     finally:
         plt.close(fig)
     return path.name

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never open a window (headless servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tunesmith.runs import atomic_open  # noqa: E402
+from tunesmith.runs import write_png  # noqa: E402
 
 
 def plot_loss(metrics: Sequence[Mapping[str, Any]], path: str | Path, *, best_step: int | None = None) -> Path:
@@ -41,10 +41,7 @@ def plot_loss(metrics: Sequence[Mapping[str, Any]], path: str | Path, *, best_st
         ax.grid(alpha=0.3)
         if train or val:
             ax.legend()
-        fig.tight_layout()
-        path = Path(path)
-        with atomic_open(path, "wb", encoding=None) as f:
-            fig.savefig(f, format="png")
+        path = write_png(path, fig)
     finally:
         plt.close(fig)
     return path
