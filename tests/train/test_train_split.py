@@ -13,7 +13,7 @@ from tests.split.test_split import distinct_questions, near_copies, row, write_r
 from tunesmith.config import load_config
 from tunesmith.runs import DATA_DIR, LEAKAGE_REPORT_FILE, SPLIT_DIR, SPLIT_FILES
 from tunesmith.split import LeakageError
-from tunesmith.train import recipe
+from tunesmith.split.training import split_record, training_files
 
 
 def config_for(tmp_path: Path, data: Path, *overrides: str):
@@ -50,7 +50,7 @@ def test_near_duplicates_and_paraphrases_never_sit_in_both_train_and_validation(
         rows += [row(len(rows) + k, v) for k, v in enumerate(group)]
     data = write_rows(tmp_path / "data.jsonl", rows)
     config = config_for(tmp_path, data, "split.val=0.3", "split.test=0.2")
-    (train_file, val_file, fmt), notes = recipe._train_val_files(config)
+    (train_file, val_file, fmt), notes = training_files(config)
     split_dir = config.run_dir / DATA_DIR / SPLIT_DIR
     assert (train_file, val_file, fmt) == (split_dir / SPLIT_FILES["train"], split_dir / SPLIT_FILES["val"], "messages")
     ids = {
@@ -63,7 +63,7 @@ def test_near_duplicates_and_paraphrases_never_sit_in_both_train_and_validation(
     assert sum(map(len, ids.values())) == len(rows) and ids["val"] and ids["test"]
     assert any("test (held out for evaluation)" in n for n in notes)
     # The manifest says which files trained, validated and are held out.
-    assert recipe._split_record(config)["test"] == str(split_dir / SPLIT_FILES["test"])
+    assert split_record(config)["test"] == str(split_dir / SPLIT_FILES["test"])
 
 
 def test_a_leaky_user_validation_file_stops_training_unless_allowed(tmp_path: Path) -> None:
@@ -73,13 +73,13 @@ def test_a_leaky_user_validation_file_stops_training_unless_allowed(tmp_path: Pa
     val = write_rows(tmp_path / "val.jsonl", val_rows)  # 1 of 11 rows (9%) is a training row
     overrides = [f"data.val_path={val}", "split.embedder=none"]
     with pytest.raises(LeakageError, match=r"1 of 11 validation rows .*split.allow_leakage"):
-        recipe._train_val_files(config_for(tmp_path, data, *overrides))
+        training_files(config_for(tmp_path, data, *overrides))
     config = config_for(tmp_path, data, *overrides, "split.allow_leakage=true")
-    (train_file, val_file, _), notes = recipe._train_val_files(config)
+    (train_file, val_file, _), notes = training_files(config)
     assert (train_file, val_file) == (data, val)
     assert len(notes) == 1 and notes[0].startswith("warning:") and "1 of 11" in notes[0]
     report = json.loads((config.run_dir / DATA_DIR / SPLIT_DIR / LEAKAGE_REPORT_FILE).read_text())
     assert report["leaked"] == 1 and [e["id"] for e in report["nearest"] if e["leak"]] == ["r0200"]
     # Below split.max_leak_fraction it only warns.
     config = config_for(tmp_path, data, *overrides, "split.max_leak_fraction=0.1")
-    assert recipe._train_val_files(config)[1][0].startswith("warning:")
+    assert training_files(config)[1][0].startswith("warning:")

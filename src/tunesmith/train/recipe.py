@@ -41,15 +41,11 @@ from tunesmith.config import Config, ConfigError, dump_config
 from tunesmith.data.template import IGNORE_INDEX
 from tunesmith.runs import (
     CONFIG_FILE,
-    DATA_DIR,
     FINAL_DIR,
-    LEAKAGE_REPORT_FILE,
     LOSS_PLOT,
     MANIFEST_FILE,
     METRICS_FILE,
     PLOTS_DIR,
-    SPLIT_DIR,
-    SPLIT_FILES,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
     build_manifest,
@@ -345,6 +341,8 @@ def _resume_point(run_dir: Path, resume: bool, console: Console) -> Path | None:
 
 
 def _write_run_files(config: Config, resume_from: Path | None, rows: int, precision: str, console: Console) -> None:
+    from tunesmith.split.training import split_record
+
     path = config.run_dir / CONFIG_FILE
     text = dump_config(config)
     if resume_from is not None and path.is_file() and path.read_text(encoding="utf-8") != text:
@@ -353,7 +351,7 @@ def _write_run_files(config: Config, resume_from: Path | None, rows: int, precis
     manifest = build_manifest(
         "train", data_path=config.data.path, rows=rows, resumed_from=resume_from, mixed_precision=precision
     )
-    manifest["split"] = _split_record(config)
+    manifest["split"] = split_record(config)
     previous = config.run_dir / MANIFEST_FILE
     if resume_from is not None and previous.is_file():
         # The checkpoint's data position indexes the old examples: resuming on other data would
@@ -368,19 +366,13 @@ def _write_run_files(config: Config, resume_from: Path | None, rows: int, precis
     write_json(previous, manifest)
 
 
-def _split_record(config: Config) -> dict[str, Any]:
-    """Which files trained, validated and are held out for evaluation (the split stage's, or the user's)."""
-    split_dir = config.run_dir / DATA_DIR / SPLIT_DIR
-    if config.data.val_path:
-        return {"train": config.data.path, "val": config.data.val_path, "test": config.data.test_path, "by": "user"}
-    return {name: str(split_dir / file) for name, file in SPLIT_FILES.items()} | {"by": "tunesmith data split"}
-
-
 def _load_examples(config: Config, tokenizer: Any) -> tuple[list[Any], list[Any], int, list[str]]:
-    """Which files are train and val (the split stage decides), then read and encode each:
+    """Which files are train and val (the split stage decides: split/training.py), then read and encode each:
     (train, val, rows read, notes). Rows with error findings, template errors or an answer cut by
     max_seq_len are dropped (and counted); `tunesmith data check` says which and why."""
-    (train_path, val_path, fmt), notes = _train_val_files(config)
+    from tunesmith.split.training import training_files
+
+    (train_path, val_path, fmt), notes = training_files(config)
     train_set, train_rows, train_notes = _encode_file(config, tokenizer, train_path, fmt)
     val_set, val_rows, val_notes = _encode_file(config, tokenizer, val_path, fmt)
     notes += train_notes + val_notes
@@ -391,55 +383,6 @@ def _load_examples(config: Config, tokenizer: Any) -> tuple[list[Any], list[Any]
             "(see `tunesmith data check`)"
         )
     return train_set, val_set, train_rows + val_rows, notes
-
-
-def _train_val_files(config: Config) -> tuple[tuple[Path, Path, str], list[str]]:
-    """((train file, val file, their format), notes). With `data.val_path`, the user's files after a
-    leakage check (LeakageError above `split.max_leak_fraction` unless `split.allow_leakage`);
-    otherwise the split stage's group-aware split of `data.path` into RUN_DIR/data/split/, whose
-    test.jsonl is held out for evaluation."""
-    from tunesmith.split import LeakageError, SplitError, check_leakage, split_file
-
-    split_dir = config.run_dir / DATA_DIR / SPLIT_DIR
-    if config.data.val_path:
-        leak = check_leakage(
-            config.data.path,
-            config.data.val_path,
-            config.split,
-            near_dup_threshold=config.data.near_dup_threshold,
-            fmt=config.data.format,
-            cache_dir=split_dir,
-        )
-        write_json(split_dir / LEAKAGE_REPORT_FILE, leak.to_json())
-        notes = []
-        if leak.leaked:
-            message = f"{config.data.val_path}: {leak.headline()} (details: {split_dir / LEAKAGE_REPORT_FILE})"
-            if leak.fraction > config.split.max_leak_fraction and not config.split.allow_leakage:
-                raise LeakageError(
-                    f"{message}. Above split.max_leak_fraction={config.split.max_leak_fraction:g}, the validation "
-                    "loss would be measured on rows whose twins are trained on. Split the data with "
-                    "`tunesmith data split`, or train anyway with split.allow_leakage=true"
-                )
-            notes.append(f"warning: {message}")
-        return (Path(config.data.path), Path(config.data.val_path), config.data.format), notes
-    try:
-        result = split_file(
-            config.data.path,
-            split_dir,
-            config.split,
-            near_dup_threshold=config.data.near_dup_threshold,
-            fmt=config.data.format,
-        )
-    except SplitError as e:
-        raise ConfigError(f"{config.data.path}: {e}") from None
-    c = result.counts
-    notes = [
-        f"split {config.data.path} by group: {c['train']} train / {c['val']} val / {c['test']} test "
-        f"(held out for evaluation) / {c['rejects']} rejects -> {split_dir}",
-        result.headline(),
-        *result.notes,
-    ]
-    return (result.files["train"], result.files["val"], "messages"), notes
 
 
 def _encode_file(config: Config, tokenizer: Any, path: Path, fmt: str) -> tuple[list[Any], int, list[str]]:
