@@ -44,26 +44,32 @@ recipe.train(run_config(Path({root!r}), "ddp", *{settings!r}))
 """
 
 
-@pytest.mark.slow
-def test_two_process_ddp_matches_single_process(tmp_path: Path, monkeypatch):
+def run_two_ranks(script: Path, **env: str) -> None:
+    """`torchrun` with 2 CPU ranks (gloo) on `script`, importing this checkout's src (not an installed
+    copy); fails the test with the ranks' output when they fail, skips it without torchrun."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not found")
-    tiny_inputs(tmp_path)
-    out = tmp_path / "weights"
-    out.mkdir()
-    script = tmp_path / "ddp_child.py"
-    script.write_text(CHILD.format(out=str(out), root=str(tmp_path), settings=SETTINGS))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(REPO / "src"), str(REPO)])
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", str(script)],
         cwd=REPO,
-        env=env,
+        env={**os.environ, **env, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process(tmp_path: Path, monkeypatch):
+    tiny_inputs(tmp_path)
+    out = tmp_path / "weights"
+    out.mkdir()
+    script = tmp_path / "ddp_child.py"
+    script.write_text(CHILD.format(out=str(out), root=str(tmp_path), settings=SETTINGS))
+    run_two_ranks(script)
     for rank in (0, 1):  # really data parallel, not two independent single-process runs
         assert json.loads((out / f"rank{rank}.json").read_text()) == {"type": "MULTI_CPU", "processes": 2}
 

@@ -11,16 +11,13 @@ could not load full weights into the sharded training copy (recipe._export_model
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.train.test_ddp import run_two_ranks
 from tests.train.test_recipe import metrics, run_config, tiny_inputs
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import recipe
@@ -76,29 +73,12 @@ recipe.train(run_config(Path({root!r}), "fsdp", *{settings!r}))
 
 @pytest.mark.slow
 def test_two_process_fsdp_matches_single_process(tmp_path: Path, monkeypatch):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
     tiny_inputs(tmp_path)
     out = tmp_path / "fsdp-out"
     out.mkdir()
     script = tmp_path / "fsdp_child.py"
     script.write_text(CHILD.format(out=str(out), root=str(tmp_path), settings=SETTINGS))
-    env = {
-        **os.environ,
-        **FSDP_ENV,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")]),  # this checkout, not an installed copy
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", str(script)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_ranks(script, **FSDP_ENV)
     info = json.loads((out / "info.json").read_text())
     assert info["type"] == "FSDP" and info["processes"] == 2 and info["sharded"] > 0  # really sharded
 
