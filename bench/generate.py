@@ -10,7 +10,7 @@ prompts (schema system prompt + question, ~200-260 tokens), rendered with the mo
 Random weights never emit the end-of-turn token, so every answer runs to `--new-tokens`: both
 contenders generate exactly the same number of tokens, and the comparison is of throughput alone.
 
-Contenders, in this one process, fp32 on CPU:
+Contenders, in this one process, fp32, on the GPU when there is one (else the CPU):
   sequential  for each prompt: tokenizer -> model.generate(greedy, KV cache), batch of one, no padding
   batched     generate(model, tokenizer, prompts, GenerationConfig(batch_size=B)): left-padded
               batches of B, prompts sorted by length, KV cache, greedy
@@ -35,11 +35,12 @@ WORK = Path(tempfile.gettempdir()) / "tunesmith-bench-generate"
 
 
 def build_model(preset: str) -> Path:
+    from tunesmith.examples.text2sql import example_texts
     from tunesmith.models.tiny import build_tiny_model
 
     path = WORK / f"model-{preset}"
     if not (path / "config.json").is_file():
-        build_tiny_model(path, preset=preset, seed=0)
+        build_tiny_model(path, preset=preset, texts=example_texts(), seed=0)
     return path
 
 
@@ -61,7 +62,7 @@ def sequential(model, tokenizer, batch: list, new_tokens: int, stops: list[int])
     start = time.perf_counter()
     with torch.inference_mode():
         for p in batch:
-            ids = tokenizer(render_prompt(p, tokenizer), add_special_tokens=False, return_tensors="pt")
+            ids = tokenizer(render_prompt(p, tokenizer), add_special_tokens=False, return_tensors="pt").to(model.device)
             gen = model.generate(
                 **ids,
                 max_new_tokens=new_tokens,
@@ -95,7 +96,8 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     batch = prompts(args.prompts)
     results, failed = [], False
-    print(f"{args.prompts} prompts, {args.new_tokens} new tokens each, batch {args.batch_size}, {args.threads} threads")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {args.threads} threads"
+    print(f"{args.prompts} prompts, {args.new_tokens} new tokens each, batch {args.batch_size}, {device}")
     print(
         f"{'model':8} {'params':>8} {'prompt tok':>10} {'sequential tok/s':>17} {'batched tok/s':>14} {'ratio':>6} same"
     )

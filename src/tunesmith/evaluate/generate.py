@@ -253,10 +253,12 @@ def load_for_generation(
     dtype: str = "auto",
     chat_template: str | None = None,
     trust_remote_code: bool = False,
+    device: str = "auto",
 ) -> tuple[Any, Any]:
     """(model, tokenizer) ready for `generate`, from a model directory or a LoRA adapter directory
     (adapter_config.json). An adapter loads onto `base` (default: the base its config names) and
-    is merged into it: same outputs, no adapter overhead per token."""
+    is merged into it: same outputs, no adapter overhead per token. `device="auto"`: the GPU when
+    there is one, else the CPU."""
     from tunesmith.data.template import load_tokenizer
     from tunesmith.models.load import load_model
 
@@ -277,7 +279,9 @@ def load_for_generation(
     else:
         model = load_model(path if path.is_dir() else str(path), dtype=dtype, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
         tokenizer = load_tokenizer(path, chat_template=chat_template, trust_remote_code=trust_remote_code)
-    model.eval()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
     return model, tokenizer
 
 

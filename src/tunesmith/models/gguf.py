@@ -143,7 +143,12 @@ def import_gguf(src: str | Path, out_dir: str | Path) -> ImportedModel:
 
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            folder,
+            gguf_file=name,
+            dtype=torch.float32,
+            use_kernels=False,  # no Hub kernels: see models/load.py
+        )
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except (ValueError, NotImplementedError, KeyError) as e:  # what transformers raises for what it cannot map
         raise GGUFImportError(f"{gguf_path}: transformers cannot convert it: {e}") from None

@@ -153,6 +153,10 @@ def load_model(
             device_map=device_map,
             use_safetensors=True,
             local_files_only=offline,
+            # transformers >= 5.2x swaps layers for compiled kernels it downloads from the Hub when the
+            # `kernels` package is installed: remote binaries (off, like remote code), and offline a crash
+            # at the first model.train().
+            use_kernels=False,
             **kwargs,
         )
     except OSError as e:
