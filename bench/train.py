@@ -23,6 +23,7 @@ Contenders (`--contenders`, the first five by default):
   tunesmith         `tunesmith.train.recipe.train(config)` with the equivalent Config, its defaults
                     otherwise (train.mixed_precision=auto: bf16 autocast on such CPUs)
   tunesmith-fp32    the same with train.mixed_precision=fp32
+  tunesmith-glibc   `tunesmith` on glibc's malloc instead of the allocator it re-executes under
   trl-nogc          gradient checkpointing off only
   trl-rebalance     as trl-best with train_sampling_strategy="batch_rebalance"
   trl-padfree       as trl-best with padding_free=True (one flattened row per batch)
@@ -55,6 +56,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from tunesmith import allocator  # noqa: E402  (after the path insert: the checkout's own package)
 
 WORK = Path(tempfile.gettempdir()) / "tunesmith-bench-train"
 MICRO_BATCH, ACCUMULATION, MAX_LEN = 8, 2, 512
@@ -97,7 +100,8 @@ TRL_VARIANTS: dict[str, dict[str, Any]] = {
         "max_length": None,
     },
 }
-TUNESMITH_PRECISION = {"tunesmith": "auto", "tunesmith-fp32": "fp32"}  # train.mixed_precision
+# train.mixed_precision of each tunesmith contender
+TUNESMITH_PRECISION = {"tunesmith": "auto", "tunesmith-fp32": "fp32", "tunesmith-glibc": "auto"}
 CONTENDERS = (*TRL_VARIANTS, *TUNESMITH_PRECISION)
 DEFAULT_CONTENDERS = ("trl-default", "trl-default-bf16", "trl-best", "trl-best-bf16", "tunesmith")
 TRAIN_FILE, VAL_FILE, HELDOUT_FILE = "train.jsonl", "val.jsonl", "heldout.jsonl"
@@ -437,6 +441,7 @@ def child(spec_path: Path) -> None:
         **meter.result(),
         "total_s": time.perf_counter() - started,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "allocator": allocator.loaded() or "system",
     }
     row["heldout_loss"] = heldout_loss(Path(spec["model_dir"]), saved, Path(spec["data_dir"]) / HELDOUT_FILE)
     Path(spec["result"]).write_text(json.dumps(row))
@@ -445,7 +450,9 @@ def child(spec_path: Path) -> None:
 # ============================================================================ driver
 
 
-def run_contender(preset: str, method: str, contender: str, data: Path, threads: int) -> dict[str, Any] | None:
+def run_contender(
+    preset: str, method: str, contender: str, data: Path, threads: int, trl_allocator: str
+) -> dict[str, Any] | None:
     name = f"{preset}-{method}-{contender}"
     spec = {
         "contender": contender,
@@ -463,6 +470,15 @@ def run_contender(preset: str, method: str, contender: str, data: Path, threads:
     log = WORK / "results" / f"{name}.log"
     threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     env = {**os.environ, **threads_env}
+    # tunesmith contenders run under the allocator `tunesmith train` re-executes itself under
+    # (tunesmith/allocator.py: tcmalloc or jemalloc when installed); TRL ones under --trl-allocator.
+    # tunesmith-glibc: as `tunesmith`, on the C library's malloc (TUNESMITH_ALLOCATOR=system).
+    if contender == "tunesmith-glibc":
+        chosen = None
+    else:
+        chosen = allocator.choose(None if contender in TUNESMITH_PRECISION else trl_allocator)
+    if chosen is not None:
+        env = allocator.environment(*chosen, env)
     print(f"  {name} ...", end=" ", flush=True)
     with open(log, "w") as f:
         proc = subprocess.run(
@@ -513,6 +529,7 @@ COLUMNS = (  # header, row -> text; "-" where the baseline did not run
     ("peak RSS GB", lambda r: f"{r['peak_rss_gb']:.2f}"),
     ("RSS × best", lambda r: _ratio(r, "rss_vs_trl-best")),
     ("padding", lambda r: f"{r['padding']:.1%}"),
+    ("malloc", lambda r: r.get("allocator", "system")),
     ("held-out loss", lambda r: f"{r['heldout_loss']:.4f}"),
     ("loss × best", lambda r: _ratio(r, "loss_vs_trl-best", "{:.3f}")),
     ("tokens", lambda r: f"{r['tokens']:,}"),
@@ -563,6 +580,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=1, help="rounds of all contenders; each keeps its fastest round")
     p.add_argument("--out", type=Path, default=WORK / "results.json", help="where the JSON results go")
+    p.add_argument(
+        "--trl-allocator",
+        default="system",
+        help="the C allocator of the TRL contenders: system (as TRL runs), auto, tcmalloc, jemalloc",
+    )
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: run one contender
     args = p.parse_args()
     if args.child:
@@ -594,7 +616,7 @@ def main() -> None:
             rounds: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
             for _ in range(args.repeats):
                 for contender in contenders:
-                    row = run_contender(preset, method, contender, data, args.threads)
+                    row = run_contender(preset, method, contender, data, args.threads, args.trl_allocator)
                     if row is None:
                         failed.append(f"{preset}-{method}-{contender}")  # once per failed round
                     else:
@@ -618,6 +640,7 @@ def main() -> None:
             "settings": {
                 "examples": args.examples,
                 "threads": args.threads,
+                "trl_allocator": args.trl_allocator,
                 "repeats": args.repeats,
                 "micro_batch": MICRO_BATCH,
                 "accumulation": ACCUMULATION,

@@ -8,12 +8,15 @@ SIGTERM: `train` saves a checkpoint first, `--resume` continues)."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
+from tunesmith import allocator
 from tunesmith.cli import compare, config, data, demo, evaluate, models, plan, report, runs, serve, train
 from tunesmith.cli import run as run_cli
-from tunesmith.cli.errors import TunesmithGroup
+from tunesmith.cli.errors import EXIT_UNREADABLE, TunesmithGroup
+from tunesmith.config import ConfigError
 
 # peft imports bitsandbytes, whose CPU backend warns at import that it could not fetch an optional
 # kernel from the hub, even for runs that never quantize. QLoRA works without it (measured ~13%
@@ -37,5 +40,22 @@ app.command("advise")(plan.advise_command)
 app.command("serve")(serve.serve_command)
 app.command("run")(run_cli.run_command)
 
-if __name__ == "__main__":
+TRAINING_COMMANDS = ("train", "run", "demo")  # re-executed under tcmalloc/jemalloc when installed
+
+
+def main() -> None:
+    """The `tunesmith` console script. A training command first re-executes itself once under
+    tcmalloc or jemalloc when the machine has one (`tunesmith.allocator`: less peak memory on CPU);
+    `TUNESMITH_ALLOCATOR=system` keeps the C library's malloc. Done here, at the process's entry,
+    and not in the commands: `app` invoked in-process (tests, notebooks) must never exec."""
+    if len(sys.argv) > 1 and sys.argv[1] in TRAINING_COMMANDS:
+        try:
+            allocator.reexec()
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_UNREADABLE)
     app()
+
+
+if __name__ == "__main__":
+    main()
