@@ -86,7 +86,7 @@ def run_setting(label: str, overrides: list[str], split_dir: Path) -> dict[str, 
         "steps": trained.steps,
         "train_s": round(train_s, 1),
         "eval_s": round(time.time() - t1, 1),
-        "trained_tokens": sum(m.get("trained_tokens", 0) for m in metrics),
+        "trained_tokens": max((m.get("trained_tokens", 0) for m in metrics), default=0),  # a running total
         "tokens_per_s": statistics.median(m["tokens_per_s"] for m in metrics if "tokens_per_s" in m),
         "best_val_loss": trained.best_val_loss,
         "n": sql["n"],

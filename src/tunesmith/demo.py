@@ -23,7 +23,7 @@ from tunesmith.pipeline import PipelineResult, default_stages, print_summary, ru
 from tunesmith.runs import EVAL_DIR, EVAL_SUMMARY_FILE
 
 EXAMPLE_DIR = Path("examples/text2sql")
-EXAMPLE_CONFIG = EXAMPLE_DIR / "config.yaml"  # SmolLM2-135M-Instruct, LoRA
+EXAMPLE_CONFIG = EXAMPLE_DIR / "config.yaml"  # SmolLM2-135M-Instruct, full fine-tuning
 TINY_CONFIG = EXAMPLE_DIR / "config-tiny.yaml"  # the 1.3M random-weight Llama, full fine-tuning
 DATA_STAGES = ("check", "clean", "split")  # what `--no-train` runs
 SHOWN = 3  # held-out answers printed base vs tuned

@@ -232,7 +232,7 @@ def test_example_configs_validate_and_point_at_the_example() -> None:
     from tunesmith.models.builtin import BUILTIN_MODELS
 
     config = load_config(EXAMPLE_DIR / "config.yaml")
-    assert config.model.name_or_path in BUILTIN_MODELS and config.train.method == "lora"
+    assert config.model.name_or_path in BUILTIN_MODELS and config.train.method == "full"
     tiny = load_config(EXAMPLE_DIR / "config-tiny.yaml")
     assert tiny.model.name_or_path == "examples/text2sql/tiny-model"
     for c in (config, tiny):

@@ -16,7 +16,7 @@ def demo_command(
         ),
     ] = False,
 ) -> None:
-    """The whole pipeline (`tunesmith run`) on the built-in example: check, clean, split, plan, LoRA on
+    """The whole pipeline (`tunesmith run`) on the built-in example: check, clean, split, plan, fine-tune
     SmolLM2-135M-Instruct, evaluate base vs tuned on held-out questions, blind sheet, report; ends with
     the before/after numbers. --tiny: the same on a tiny random-weight model."""
     from tunesmith.demo import run_demo
