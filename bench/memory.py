@@ -10,6 +10,7 @@ peak RSS (ru_maxrss) minus the baseline. Estimated = `plan.memory.estimate_memor
     PYTHONPATH=src python bench/memory.py                 # the full grid (~10 min on 2 busy cores)
     PYTHONPATH=src python bench/memory.py --quick         # 6 models × 3 methods × 1 shape
     PYTHONPATH=src python bench/memory.py --gpu           # on a CUDA machine: torch.cuda.max_memory_allocated
+    PYTHONPATH=src python bench/memory.py --quick --allocator tcmalloc   # children under tcmalloc (as `tunesmith train`)
 
 RSS on a shared machine is still this process's own memory; timings are not reported.
 """
@@ -64,6 +65,7 @@ def child(model_dir: str, method: str, seq: int, micro: int, gpu: bool) -> dict:
     """One measurement, in its own process."""
     import torch
 
+    from tunesmith import allocator
     from tunesmith.config import LoraConfig, TrainConfig
     from tunesmith.models.adapters import wrap_model
     from tunesmith.models.load import load_model, native_bf16
@@ -109,6 +111,7 @@ def child(model_dir: str, method: str, seq: int, micro: int, gpu: bool) -> dict:
         lora_r=LoraConfig().r,
         trained_fraction=TRAINED_FRACTION,
         device="gpu" if gpu else "cpu",
+        allocator=allocator.loaded() or "system",  # type: ignore[arg-type]
     )
     estimate = estimate_memory(shape_of(model_dir), setup)
     terms = dict(estimate.terms)
@@ -125,6 +128,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--allocator", default="system", help="the C allocator of each measurement: system, tcmalloc, jemalloc"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -134,6 +140,11 @@ def main() -> None:
     shapes = SHAPES[:1] if args.quick else SHAPES
     if args.shapes:
         shapes = tuple(tuple(int(x) for x in shape.split("x")) for shape in args.shapes)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from tunesmith import allocator
+
+    chosen = allocator.choose(args.allocator)
+    env = allocator.environment(*chosen) if chosen else os.environ.copy()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{'model':14} {'method':6} {'seq×mb':>8} {'estimate':>10} {'measured':>10} {'ratio':>6}")
@@ -143,7 +154,7 @@ def main() -> None:
                 for seq, micro in shapes:
                     cmd = [sys.executable, __file__, "--child", str(model_dir), method, str(seq), str(micro)]
                     cmd += ["--gpu"] if args.gpu else []
-                    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     if out.returncode != 0:
                         print(f"{name:14} {method:6} {seq}×{micro:<4} failed: {out.stderr.strip().splitlines()[-1:]}")
                         continue

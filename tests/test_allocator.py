@@ -94,3 +94,14 @@ def test_the_console_script_reexecs_training_commands_only_and_says_what_is_wron
         [sys.executable, "-m", "tunesmith.cli.main", "plan", "--help"], env=env, capture_output=True, text=True
     )
     assert other.returncode == 0  # not a training command: the allocator is never looked at
+
+
+def test_the_plan_assumes_the_allocator_training_will_run_under(fake_lib_dir, monkeypatch):
+    monkeypatch.setattr(allocator, "loaded", lambda: None)
+    assert allocator.planned() == "system"
+    (fake_lib_dir / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    assert allocator.planned() == "tcmalloc"
+    monkeypatch.setenv(allocator.ENV, "system")
+    assert allocator.planned() == "system"
+    monkeypatch.setattr(allocator, "loaded", lambda: "jemalloc")
+    assert allocator.planned() == "jemalloc"  # a process already under one plans for that one

@@ -89,6 +89,16 @@ def choose(setting: str | None = None) -> tuple[str, Path] | None:
     return None
 
 
+def planned() -> str:
+    """The allocator a `tunesmith train` started now runs under: this process's if it already runs
+    under one, else what `choose` picks; "system" for the C library's malloc. The plan's CPU
+    memory estimate depends on it (plan/memory.py)."""
+    if loaded():
+        return loaded()  # type: ignore[return-value]
+    chosen = choose()
+    return chosen[0] if chosen else "system"
+
+
 def environment(name: str, library: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """`env` (default: this process's) with `library` preloaded and its settings."""
     env = dict(os.environ if env is None else env)

@@ -79,6 +79,7 @@ def _print_answers(config: Config, console: Console) -> None:
 
 def _print_verdict(config: Config, console: Console) -> None:
     """The last lines on the screen: did the fine-tune work? The numbers that answer it."""
+    from tunesmith.evaluate.regression import verdict
     from tunesmith.evaluate.runner import headline
 
     path = config.run_dir / EVAL_DIR / EVAL_SUMMARY_FILE
@@ -90,8 +91,7 @@ def _print_verdict(config: Config, console: Console) -> None:
         console.print(f"[bold]{line}[/]")
     regression = summary.get("regression")
     if regression:
-        verdict = "possible catastrophic forgetting" if regression.get("flagged") else "no sign of forgetting"
         console.print(
             f"general prompts (regression check, {regression['n']} prompts): loss {regression['base_loss']:.3f} -> "
-            f"{regression['tuned_loss']:.3f} nats/token ({regression['loss_change']:+.1%}): {verdict}"
+            f"{regression['tuned_loss']:.3f} nats/token ({regression['loss_change']:+.1%}): {verdict(regression)}"
         )

@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from tunesmith.config import EvalConfig, JudgeConfig, RegressionConfig
 from tunesmith.data.schema import DataError
 from tunesmith.data.template import load_tokenizer
-from tunesmith.evaluate.regression import DEFAULT_PROMPTS, load_prompts, reference_losses, regression_check
+from tunesmith.evaluate.regression import DEFAULT_PROMPTS, load_prompts, reference_losses, regression_check, verdict
 from tunesmith.examples.text2sql import example_texts
 from tunesmith.models.load import load_model
 from tunesmith.models.tiny import build_tiny_model
@@ -133,3 +133,11 @@ def test_judge_sign_test_flags_a_tuned_model_the_judge_keeps_rejecting(tiny, sub
     assert len(script.requests) == 2 * n  # every prompt, both orders
     assert result["loss_change"] == 0 and result["flagged"]  # the loss alone saw nothing; the judge did
     assert "judge prefers the base" in result["findings"][0]
+
+
+def test_the_verdict_says_a_significant_increase_below_the_threshold_as_what_it_is():
+    result = {"flagged": False, "loss_change": 0.118, "p_value": 0.009, "max_loss_increase": 0.2}
+    assert verdict(result) == "a significant increase (p=0.009), below the +20% threshold for catastrophic forgetting"
+    assert verdict({**result, "p_value": 0.38}) == "no sign of forgetting"
+    assert verdict({**result, "loss_change": -0.03, "p_value": 0.001}) == "no sign of forgetting"
+    assert verdict({**result, "flagged": True}) == "possible catastrophic forgetting"

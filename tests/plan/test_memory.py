@@ -52,6 +52,22 @@ def test_autocast_copies_only_with_fp32_weights_under_bf16():
     assert cpu.terms["autocast_copies"] == 2 * (7_248_023_552 - 2 * 32768 * 4096 - 65 * 4096)
 
 
+def test_on_cpu_the_allocator_decides_what_freed_memory_costs():
+    """glibc keeps freed activation temporaries; tcmalloc/jemalloc return them, so full
+    fine-tuning's gradients overlap the activations backward frees (bench/memory.py)."""
+    cpu = {"weight_dtype": "float32", "compute": "bf16", "device": "cpu", "seq_len": 512}
+    for method in ("full", "lora"):
+        glibc = estimate_memory(LLAMA3, Setup(method=method, **cpu))
+        tc = estimate_memory(LLAMA3, Setup(method=method, allocator="tcmalloc", **cpu))
+        assert "freed_during_backward" not in glibc.terms and "allocator_retention" not in tc.terms
+        overlap = min(tc.terms["activations"], tc.terms["gradients"])
+        assert tc.terms["freed_during_backward"] == -overlap
+        assert overlap > 0 if method == "full" else overlap == 0
+        assert tc.total < glibc.total
+    gpu = estimate_memory(LLAMA3, Setup(method="full", allocator="tcmalloc", seq_len=512))
+    assert "freed_during_backward" not in gpu.terms  # CUDA's caching allocator is another story
+
+
 def test_activations_scale_with_tokens_and_checkpointing_cuts_them():
     one = estimate_memory(LLAMA3, Setup(method="lora", micro_batch=1, seq_len=1024))
     four = estimate_memory(LLAMA3, Setup(method="lora", micro_batch=4, seq_len=1024))

@@ -18,7 +18,7 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--adapter {spec!r}: expected NAME=PATH, e.g. --adapter sql=runs/text2sql-demo/final")
+            raise ValueError(f"--adapter {spec!r}: expected NAME=PATH, e.g. --adapter sql=runs/text2sql-smollm2/final")
         if name in adapters:
             raise ValueError(f"--adapter {name}: given twice")
         adapters[name] = path

@@ -181,6 +181,19 @@ def regression_check(
     return result
 
 
+def verdict(result: dict[str, Any]) -> str:
+    """The regression check's result in a few words: a significant loss increase below the
+    threshold is neither forgetting nor "no sign" of it, and is said as what it is."""
+    if result.get("flagged"):
+        return "possible catastrophic forgetting"
+    if result["loss_change"] > 0 and result["p_value"] < SIGNIFICANCE:
+        return (
+            f"a significant increase (p={result['p_value']:.2g}), below the "
+            f"+{result['max_loss_increase']:.0%} threshold for catastrophic forgetting"
+        )
+    return "no sign of forgetting"
+
+
 def _mean_loss(losses: Sequence[tuple[float, int]]) -> float:
     tokens = sum(n for _, n in losses)
     return sum(loss for loss, _ in losses) / tokens if tokens else math.nan

@@ -1,7 +1,7 @@
 """`tunesmith eval RUN_DIR`: answer the held-out prompts with the tuned and the base model, score
 both with the same suites, and say what changed.
 
-    result = evaluate_run("runs/text2sql-demo")          # reads RUN_DIR/config.yaml
+    result = evaluate_run("runs/text2sql-smollm2")          # reads RUN_DIR/config.yaml
     result.summary["models"]["tuned"]["scores"]["sql"]["execution_accuracy"]
 
 Held-out prompts come from the split stage's file (`RUN_DIR/data/split/<split>.jsonl`), else from
@@ -251,7 +251,7 @@ def regression_hook(run_dir: Path, config: Config, console: Console) -> dict[str
     """The catastrophic-forgetting check (`tunesmith.evaluate.regression`): base and tuned compared on
     general prompts unrelated to the task. Its result goes into summary.json under `regression`;
     None (the check is off, `eval.regression.enabled: false`) leaves the key out."""
-    from tunesmith.evaluate.regression import regression_check
+    from tunesmith.evaluate.regression import regression_check, verdict
 
     ev = config.eval
     if not ev.regression.enabled:
@@ -272,7 +272,7 @@ def regression_hook(run_dir: Path, config: Config, console: Console) -> dict[str
     if not result["findings"]:
         console.print(
             f"regression check: general-prompt loss {result['base_loss']:.3f} -> {result['tuned_loss']:.3f} nats/token "
-            f"({result['loss_change']:+.1%}) on {result['n']} prompts: no sign of catastrophic forgetting"
+            f"({result['loss_change']:+.1%}) on {result['n']} prompts: {verdict(result)}"
         )
     return result
 

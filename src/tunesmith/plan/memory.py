@@ -23,8 +23,12 @@ What our trainer does, and so what is counted (bytes per term, one device):
   logits for every position (the term that surprises people on 150k-256k vocabularies).
 - **quantize_transient** (QLoRA on CPU): the Linear weights pass through RAM in full precision
   while they are quantised on load, and the process keeps those pages.
-- **allocator_retention** (CPU): freed temporaries whose pages glibc keeps, ~0.75x the saved
-  activations, less whatever the gradients reuse (bench/memory.py).
+- **allocator_retention** (CPU, glibc's malloc): freed temporaries whose pages glibc keeps, ~0.75x
+  the saved activations, less whatever the gradients reuse (bench/memory.py).
+- **freed_during_backward** (CPU under tcmalloc or jemalloc, which `tunesmith train` re-executes
+  under when installed: tunesmith/allocator.py): a negative term. These allocators hand freed
+  pages back, and backward frees each layer's saved activations as it writes that layer's weight
+  gradients, so the two overlap: the peak holds about the larger of them (bench/memory.py).
 - **overhead**: the CUDA context and allocator slack on a GPU; on CPU, the allocator and oneDNN's
   kernel cache. A fixed part plus a share of the rest, calibrated by bench/memory.py.
 """
@@ -79,6 +83,7 @@ class Setup:
     shards: int = 1  # ZeRO-3 / FSDP full sharding over this many devices
     device: Literal["gpu", "cpu"] = "gpu"
     trainable_token_rows: int = 0  # lora.train_stop_tokens: embedding rows trained beside LoRA
+    allocator: Literal["system", "tcmalloc", "jemalloc"] = "system"  # CPU: the C allocator training runs under
 
 
 @dataclass
@@ -187,11 +192,14 @@ def estimate_memory(shape: Shape, setup: Setup) -> MemoryEstimate:
     tokens = setup.micro_batch * setup.seq_len
     terms["activations"] = round(activation_bytes_per_token(shape, setup) * tokens)
     terms["logits"] = _logits_bytes(shape, setup, tokens)
-    if setup.device == "cpu":
+    if setup.device == "cpu" and setup.allocator == "system":
         # glibc keeps the pages of the step's freed temporaries (norm upcasts, autocast casts, the
         # backward's activation gradients): ~0.75x the saved activations in bench/memory.py's
         # LoRA/QLoRA runs. Full fine-tuning's gradients are allocated into those pages instead.
         terms["allocator_retention"] = max(0, round(CPU_RETAINED_SHARE * terms["activations"]) - terms["gradients"])
+    elif setup.device == "cpu":
+        # tcmalloc / jemalloc return freed pages: gradients fill memory the activations released.
+        terms["freed_during_backward"] = -min(terms["activations"], terms["gradients"])
     subtotal = sum(terms.values())
     if setup.device == "gpu":
         terms["overhead"] = round(GPU_FIXED_OVERHEAD + GPU_OVERHEAD_SHARE * subtotal)

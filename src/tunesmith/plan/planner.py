@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith import allocator
 from tunesmith.plan.hardware import DEFAULT_MFU, Gpu, find_gpu, hours, local_budget, training_flops_per_token
 from tunesmith.plan.kind import KindInfo, detect_kind
 from tunesmith.plan.license import LicenseInfo, detect_license
@@ -265,6 +266,7 @@ def plan_model(
         shards=gpus,
         device=device,  # type: ignore[arg-type]
         trainable_token_rows=trainable_token_rows,
+        allocator=allocator.planned() if device == "cpu" else "system",  # type: ignore[arg-type]
     )
     if micro_batch is not None:
         memory = estimate_memory(shape, setup)

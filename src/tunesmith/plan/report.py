@@ -7,12 +7,12 @@ from typing import Any
 
 def _gb(n: float) -> str:
     # GB for what matters on real models, MB for the tiny ones (0.00 GB says nothing).
-    return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
+    return f"{n / 1e9:,.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:,.1f} MB"
 
 
 def memory_line(plan: Any) -> str:
     m = plan.memory
-    parts = ", ".join(f"{k} {_gb(v)}" for k, v in sorted(m.terms.items(), key=lambda kv: -kv[1]) if v >= 5e4)
+    parts = ", ".join(f"{k} {_gb(v)}" for k, v in sorted(m.terms.items(), key=lambda kv: -kv[1]) if abs(v) >= 5e4)
     return f"{_gb(m.total)} per device ({parts}); dominant: {', '.join(m.dominant()) or '-'}"
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith import allocator
 from tunesmith.config import Config, ConfigError
 from tunesmith.plan.hardware import local_budget
 from tunesmith.plan.kind import detect_kind
@@ -105,6 +106,8 @@ def _setup(
         shards=shards,
         device=device,  # type: ignore[arg-type]
         trainable_token_rows=stop_rows if config.train.method != "full" and lora.train_stop_tokens else 0,
+        # The recipe plans from inside the training process: the allocator it runs under.
+        allocator=(allocator.loaded() or "system") if device == "cpu" else "system",  # type: ignore[arg-type]
     )
 
 
