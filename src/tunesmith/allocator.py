@@ -15,7 +15,8 @@ called from `tunesmith.cli.main.main`), the way `python -m torch.backends.xeon.r
 --enable-tcmalloc` does. `TUNESMITH_ALLOCATOR` chooses: `auto` (default: tcmalloc, else jemalloc,
 else the system's), `tcmalloc`, `jemalloc`, or `system` (never re-execute). Neither is a Python
 package: Debian/Ubuntu `apt-get install libtcmalloc-minimal4` (or `libjemalloc2`), conda
-`conda install gperftools`; without one, training runs on glibc's malloc as before. The run's manifest.json records which it ran under.
+`conda install gperftools`; without one, training runs on glibc's malloc as before. The run's
+manifest.json records which one it ran under, and the plan's CPU memory estimate follows it.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def planned() -> str:
     """The allocator a `tunesmith train` started now runs under: this process's if it already runs
     under one, else what `choose` picks; "system" for the C library's malloc. The plan's CPU
     memory estimate depends on it (plan/memory.py)."""
-    if loaded():
-        return loaded()  # type: ignore[return-value]
+    current = loaded()
+    if current:
+        return current
     chosen = choose()
     return chosen[0] if chosen else "system"
 
