@@ -111,7 +111,7 @@ def child(model_dir: str, method: str, seq: int, micro: int, gpu: bool) -> dict:
         lora_r=LoraConfig().r,
         trained_fraction=TRAINED_FRACTION,
         device="gpu" if gpu else "cpu",
-        allocator=allocator.loaded() or "system",  # type: ignore[arg-type]
+        allocator=allocator.running(),  # type: ignore[arg-type]
     )
     estimate = estimate_memory(shape_of(model_dir), setup)
     terms = dict(estimate.terms)
@@ -140,8 +140,7 @@ def main() -> None:
     shapes = SHAPES[:1] if args.quick else SHAPES
     if args.shapes:
         shapes = tuple(tuple(int(x) for x in shape.split("x")) for shape in args.shapes)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from tunesmith import allocator
+    from tunesmith import allocator  # PYTHONPATH=src, as the usage above says
 
     chosen = allocator.choose(args.allocator)
     env = allocator.environment(*chosen) if chosen else os.environ.copy()

@@ -441,7 +441,7 @@ def child(spec_path: Path) -> None:
         **meter.result(),
         "total_s": time.perf_counter() - started,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "allocator": allocator.loaded() or "system",
+        "allocator": allocator.running(),
     }
     row["heldout_loss"] = heldout_loss(Path(spec["model_dir"]), saved, Path(spec["data_dir"]) / HELDOUT_FILE)
     Path(spec["result"]).write_text(json.dumps(row))

@@ -21,6 +21,7 @@ manifest.json records which one it ran under, and the plan's CPU memory estimate
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,7 @@ def find(name: str) -> Path | None:
     return None
 
 
+@functools.cache  # LD_PRELOAD is fixed when the process starts: read /proc/self/maps once
 def loaded() -> str | None:
     """Which of the allocators this process runs under (from /proc/self/maps), or None."""
     try:
@@ -66,6 +68,12 @@ def loaded() -> str | None:
     return next(
         (name for name, files in LIBRARIES.items() if any(f.split(".so")[0] + ".so" in maps for f in files)), None
     )
+
+
+def running() -> str:
+    """The allocator this process runs under, "system" for the C library's malloc: what the
+    manifest records and what a plan made inside a training process assumes."""
+    return loaded() or "system"
 
 
 def choose(setting: str | None = None) -> tuple[str, Path] | None:

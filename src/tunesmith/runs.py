@@ -173,7 +173,7 @@ def build_manifest(
             "torch_threads": torch.get_num_threads(),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
             "processes": int(os.environ.get("WORLD_SIZE", "1")),
-            "allocator": allocator.loaded() or "system",
+            "allocator": allocator.running(),
             **hardware,
         },
     }

@@ -107,7 +107,7 @@ def _setup(
         device=device,  # type: ignore[arg-type]
         trainable_token_rows=stop_rows if config.train.method != "full" and lora.train_stop_tokens else 0,
         # The recipe plans from inside the training process: the allocator it runs under.
-        allocator=(allocator.loaded() or "system") if device == "cpu" else "system",  # type: ignore[arg-type]
+        allocator=allocator.running() if device == "cpu" else "system",  # type: ignore[arg-type]
     )
 
 
